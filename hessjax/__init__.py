@@ -1,0 +1,51 @@
+"""hessjax: exact Hessian-based analysis of neural networks in JAX.
+
+A functional reimplementation of Yao, Gholami, Lei, Keutzer & Mahoney, "Hessian-based Analysis of
+Large Batch Training and Robustness to Adversaries" (NeurIPS 2018).
+"""
+
+from hessjax import data, models
+from hessjax.eigen import EigenResult, eigenvalues
+from hessjax.hessian import (
+    HessianOperator,
+    dense_hessian,
+    hessian_operator,
+    hvp,
+    subsample,
+    subsampled_hessian_operator,
+)
+from hessjax.input_hessian import (
+    input_gradient_norms,
+    input_gradients,
+    input_hessian_eigenvalues,
+    input_hessian_spectrum,
+)
+from hessjax.losses import cross_entropy, make_loss_fn, split_variables
+from hessjax.spectral import density, smooth_density, spectral_quadrature, trace, trace_samples
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EigenResult",
+    "HessianOperator",
+    "cross_entropy",
+    "data",
+    "dense_hessian",
+    "density",
+    "eigenvalues",
+    "hessian_operator",
+    "hvp",
+    "input_gradient_norms",
+    "input_gradients",
+    "input_hessian_eigenvalues",
+    "input_hessian_spectrum",
+    "make_loss_fn",
+    "models",
+    "smooth_density",
+    "spectral_quadrature",
+    "split_variables",
+    "subsample",
+    "subsampled_hessian_operator",
+    "trace",
+    "trace_samples",
+]

@@ -1,0 +1,142 @@
+"""Per-sample derivatives of the loss w.r.t. the *input*: ``∇ₓJ`` and the spectrum of ``∇²ₓJ``.
+
+``J(x) = CE(z(x), y)`` with logits ``z = apply_fn(variables, x)`` for one sample. For ReLU nets
+(piecewise linear, BatchNorm in inference mode) ``∂²z/∂x² = 0`` almost everywhere, so
+``∇²ₓJ = J_zᵀ (diag p − p pᵀ) J_z`` with ``J_z = ∂z/∂x`` (c × d) and ``p = softmax(z)``: PSD with
+rank ≤ c − 1 (PAPER.md, Theorem 1 and Proposition 2). Its nonzero eigenvalues are those of the
+c × c matrix ``S^½ J_z J_zᵀ S^½``, ``S = diag p − p pᵀ`` — the ``"exact"`` method. The ``"power"``
+method runs power iteration on exact input HVPs ``jvp(∇ₓJ)`` and needs no piecewise linearity.
+All functions are per sample with ``jax.vmap``, processed in chunks of ``batch_size`` samples.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+ApplyFn = Callable[..., jax.Array]
+METHODS = ("exact", "power")
+
+
+def sample_loss(apply_fn: ApplyFn, variables: Any, x: jax.Array, y: jax.Array) -> jax.Array:
+    """``J(x) = CE(apply_fn(variables, x[None])[0], y)`` for one sample x (H, W, C), label y ()."""
+    logits = apply_fn(variables, x[None])[0]
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y)
+
+
+def input_gradient(apply_fn, variables, x, y):
+    """``∇ₓJ`` for one sample, shaped like ``x``."""
+    return jax.grad(sample_loss, argnums=2)(apply_fn, variables, x, y)
+
+
+def input_hvp(apply_fn, variables, x, y, v):
+    """``∇²ₓJ · v`` for one sample (forward-over-reverse), shaped like ``x``."""
+    grad = lambda x_: input_gradient(apply_fn, variables, x_, y)
+    return jax.jvp(grad, (x,), (v,))[1]
+
+
+def _map(fn, xs, batch_size):
+    """``vmap(fn)`` over the leading axis of the pytree ``xs``, ``batch_size`` samples at a time."""
+    return jax.lax.map(fn, xs, batch_size=batch_size)
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "batch_size"))
+def input_gradients(apply_fn, variables, x, y, *, batch_size=500):
+    """Per-sample input gradients: x (N, ...), y (N,) -> (N, ...)."""
+    return _map(lambda s: input_gradient(apply_fn, variables, *s), (x, y), batch_size)
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "batch_size"))
+def input_gradient_norms(apply_fn: ApplyFn, variables: Any, x, y, *, batch_size: int = 500):
+    """(N,) ``‖∇ₓJ(xᵢ, yᵢ)‖₂`` per sample."""
+    norm = lambda s: jnp.linalg.norm(input_gradient(apply_fn, variables, *s))
+    return _map(norm, (x, y), batch_size)
+
+
+def _logit_jacobian_and_probs(apply_fn, variables, x):
+    """``J_z`` (c, d) and ``p`` (c,) for one sample."""
+    logits_of = lambda x_: apply_fn(variables, x_[None])[0]
+    jac = jax.jacrev(logits_of)(x)
+    return jac.reshape(jac.shape[0], -1), jax.nn.softmax(logits_of(x))
+
+
+def _reduced_input_hessian(apply_fn, variables, x):
+    """The c × c matrix ``S^½ J_z J_zᵀ S^½`` whose eigenvalues are the nonzero ones of ``∇²ₓJ``."""
+    jac, p = _logit_jacobian_and_probs(apply_fn, variables, x)
+    s = jnp.diag(p) - jnp.outer(p, p)
+    w, u = jnp.linalg.eigh(s)
+    s_half = (u * jnp.sqrt(jnp.clip(w, 0.0))) @ u.T
+    return s_half @ (jac @ jac.T) @ s_half
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "batch_size"))
+def input_hessian_spectrum(apply_fn: ApplyFn, variables: Any, x, y, *, batch_size: int = 500):
+    """(N, c) eigenvalues of ``∇²ₓJ`` restricted to its range (descending; the rest are 0).
+
+    Exact for piecewise-linear nets (ReLU, max-pool, BN in inference mode); does not depend on
+    ``y`` (the label only enters ``∇ₓJ``), kept for a uniform signature.
+    """
+    del y
+    spectrum = lambda xi: jnp.linalg.eigvalsh(_reduced_input_hessian(apply_fn, variables, xi))[::-1]
+    return _map(spectrum, x, batch_size)
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "batch_size", "max_iters"))
+def _power_top_eigenvalue(apply_fn, variables, x, y, key, tol, *, batch_size, max_iters):
+    keys = jax.random.split(key, x.shape[0])
+
+    def one(sample):
+        xi, yi, ki = sample
+        hvp = lambda v: input_hvp(apply_fn, variables, xi, yi, v)
+
+        def not_done(s):
+            return (~s[3]) & (s[2] < max_iters)
+
+        def body(s):
+            v, lam_prev, it, _ = s
+            hv = hvp(v)
+            lam = jnp.vdot(v, hv)
+            norm = jnp.linalg.norm(hv)
+            done = (it > 0) & (jnp.abs(lam - lam_prev) <= tol * jnp.abs(lam_prev)) | (norm == 0)
+            return jnp.where(norm > 0, hv / jnp.where(norm > 0, norm, 1), v), lam, it + 1, done
+
+        v0 = jax.random.normal(ki, xi.shape, xi.dtype)
+        init = (v0 / jnp.linalg.norm(v0), jnp.zeros((), xi.dtype), 0, jnp.zeros((), bool))
+        return jax.lax.while_loop(not_done, body, init)[1]
+
+    return _map(one, (x, y, keys), batch_size)
+
+
+def input_hessian_eigenvalues(
+    apply_fn: ApplyFn,
+    variables: Any,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    method: str = "exact",
+    batch_size: int = 500,
+    tol: float = 1e-6,
+    max_iters: int = 200,
+    key: jax.Array | None = None,
+) -> jax.Array:
+    """(N,) dominant eigenvalue ``λ_max(∇²ₓJ(xᵢ, yᵢ))`` per sample.
+
+    ``method="exact"``: top eigenvalue of ``S^½ J_z J_zᵀ S^½`` (c reverse passes per sample;
+    exact for piecewise-linear nets). ``method="power"``: power iteration on input HVPs, stopping
+    at relative change ``≤ tol`` or ``max_iters`` HVPs; ``key`` (default ``PRNGKey(0)``) draws the
+    start vectors. The input Hessian is PSD (Theorem 1), so power iteration's dominant-magnitude
+    eigenvalue is the largest one.
+    """
+    if method == "exact":
+        return input_hessian_spectrum(apply_fn, variables, x, y, batch_size=batch_size)[:, 0]
+    if method == "power":
+        key = jax.random.key(0) if key is None else key
+        return _power_top_eigenvalue(
+            apply_fn, variables, x, y, key, tol, batch_size=batch_size, max_iters=max_iters
+        )
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")

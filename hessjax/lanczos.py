@@ -1,0 +1,97 @@
+"""Lanczos tridiagonalisation with full reorthogonalisation, on flat vectors, inside ``lax`` loops.
+
+After ``j + 1`` steps from a unit vector ``q₀``: ``A Q = Q T + β_j q_{j+1} e_jᵀ`` with ``Q`` the
+``(j+1, n)`` orthonormal basis (rows) and ``T`` tridiagonal (diagonal ``α``, off-diagonal ``β``).
+Ritz pairs ``(θ, Qᵀs)`` from ``T s = θ s`` have residual ``‖A Qᵀs − θ Qᵀs‖ = |β_j s_j|``.
+Every new vector is Gram-Schmidt-orthogonalised twice against all earlier ones ("twice is
+enough"), so no ghost eigenvalues appear. On breakdown (``β ≈ 0``: an invariant subspace was found)
+the iteration restarts with a random vector orthogonal to the basis and stores ``β = 0``, so ``T``
+splits into independent blocks and later steps keep exploring the rest of the space.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+MatVec = Callable[[jax.Array], jax.Array]
+
+
+class LanczosState(NamedTuple):
+    basis: jax.Array  # (m + 1, n); rows 0..step hold q₀..q_step, the rest are zero
+    alphas: jax.Array  # (m,)
+    betas: jax.Array  # (m,); betas[i] couples q_i and q_{i+1}; 0 marks a restart
+    step: jax.Array  # () int: completed steps
+
+
+def init(v0: jax.Array, num_steps: int) -> LanczosState:
+    """State before the first step; ``v0`` (n,) need not be normalised."""
+    n, dtype = v0.shape[0], v0.dtype
+    basis = jnp.zeros((num_steps + 1, n), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
+    zeros = jnp.zeros((num_steps,), dtype)
+    return LanczosState(basis, zeros, zeros, jnp.zeros((), jnp.int32))
+
+
+def _orthogonalize(basis: jax.Array, w: jax.Array) -> jax.Array:
+    """``w`` minus its projection on the rows of ``basis`` (classical Gram-Schmidt, twice)."""
+    for _ in range(2):
+        w = w - basis.T @ (basis @ w)
+    return w
+
+
+def step(matvec: MatVec, state: LanczosState, key: jax.Array) -> LanczosState:
+    """One Lanczos step: ``α_j = q_jᵀ A q_j``, ``β_j q_{j+1} = (I − QQᵀ) A q_j``."""
+    j = state.step
+    q = state.basis[j]
+    w = matvec(q)
+    alpha = jnp.vdot(q, w)
+    w = _orthogonalize(state.basis, w)
+    beta = jnp.linalg.norm(w)
+    scale = jnp.maximum(jnp.max(jnp.abs(state.alphas)) + jnp.max(state.betas), jnp.abs(alpha))
+    broke_down = beta <= 10 * jnp.finfo(w.dtype).eps * jnp.maximum(scale, jnp.finfo(w.dtype).tiny)
+
+    def restart(_):
+        r = jax.random.normal(jax.random.fold_in(key, j), w.shape, w.dtype)
+        r = _orthogonalize(state.basis, r)
+        return r / jnp.linalg.norm(r)
+
+    q_next = jax.lax.cond(broke_down, restart, lambda _: w / beta, None)
+    beta = jnp.where(broke_down, 0.0, beta).astype(w.dtype)
+    return LanczosState(
+        state.basis.at[j + 1].set(q_next),
+        state.alphas.at[j].set(alpha),
+        state.betas.at[j].set(beta),
+        j + 1,
+    )
+
+
+def run(matvec: MatVec, v0: jax.Array, num_steps: int, key: jax.Array) -> LanczosState:
+    """``num_steps`` Lanczos steps from ``v0`` in one ``lax.fori_loop``."""
+    body = lambda _, s: step(matvec, s, key)
+    return jax.lax.fori_loop(0, num_steps, body, init(v0, num_steps))
+
+
+def ritz(state: LanczosState) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Eigen-decomposition of the active tridiagonal block ``T`` (size ``state.step``).
+
+    Returns ``(values, vectors, active)``: ``values`` (m,) ascending, with the ``m − step`` unused
+    slots filled by a value below every active Ritz value (so the top of the list is always
+    active); ``vectors`` (m, m) column eigenvectors of the padded ``T``; ``active`` (m,) mask of
+    the coordinates in use.
+    """
+    m = state.alphas.shape[0]
+    idx = jnp.arange(m)
+    active = idx < state.step
+    off = jnp.where(idx < state.step - 1, state.betas, 0.0)
+    diag = jnp.where(active, state.alphas, 0.0)
+    radius = jnp.abs(off) + jnp.abs(jnp.concatenate([jnp.zeros((1,), off.dtype), off[:-1]]))
+    lower = jnp.min(jnp.where(active, diag - radius, jnp.inf))
+    upper = jnp.max(jnp.where(active, diag + radius, -jnp.inf))
+    pad = lower - (upper - lower) - 1.0
+    t = jnp.diag(jnp.where(active, diag, pad)) + jnp.diag(off[:-1], 1) + jnp.diag(off[:-1], -1)
+    values, vectors = jnp.linalg.eigh(t)
+    vectors = jnp.where(active[:, None], vectors, 0.0)
+    return values, vectors, active

@@ -1,0 +1,35 @@
+"""hessjax: exact Hessian-based analysis of neural networks in JAX (Yao et al., NeurIPS 2018)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="hessjax",
+    version="0.1.0",
+    description=(
+        "Exact Hessian spectra, input Hessians, attacks and robust training in JAX: a functional "
+        "reimplementation of Yao et al., 'Hessian-based Analysis of Large Batch Training and "
+        "Robustness to Adversaries' (NeurIPS 2018)."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["hessjax", "hessjax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.4.35",
+        "jaxlib>=0.4.35",
+        "flax>=0.10",
+        "optax>=0.2.3",
+        "orbax-checkpoint>=0.6",
+        "ml-collections>=0.1.1",
+        "absl-py>=2.0",
+        "chex>=0.1.87",
+        "numpy>=1.26",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        "tfds": ["tensorflow-cpu>=2.16", "tensorflow-datasets>=4.9"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "ruff>=0.6"],
+        "bench": ["torch==2.13.0", "pyhessian==0.1"],
+        "notebooks": ["nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "jupytext>=1.16"],
+    },
+)

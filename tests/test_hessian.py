@@ -1,0 +1,175 @@
+"""hvp and hessian_operator against dense jax.hessian of the raveled parameters."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+from nets import MLP, SmallCNN, TinyResNet, init_with_random_bn, random_data
+
+import hessjax
+
+CASES = {
+    "mlp_relu": (MLP((6, 5, 3)), (4,)),
+    "mlp_tanh": (MLP((7, 3), act=jnp.tanh), (5,)),
+    "cnn_bn": (SmallCNN(), (6, 6, 2)),
+    "resnet": (TinyResNet(), (6, 6, 2)),
+}
+
+
+def _setup(case, seed, n=8):
+    model, shape = CASES[case]
+    x, y = random_data(seed, n, shape, 3)
+    variables = init_with_random_bn(model, jax.random.key(seed), jnp.asarray(x[:1]))
+    loss_fn = hessjax.make_loss_fn(model.apply, variables)
+    return loss_fn, variables["params"], (x, y)
+
+
+@jax.jit
+def _dense(loss_fn, params, batch):
+    """Dense Hessian by jax.hessian (jacfwd of jacrev) of the raveled params; one compile per
+    model and data shape (loss_fn is a pytree argument, so seeds share it)."""
+    flat, unravel = ravel_pytree(params)
+    return jax.hessian(lambda f: loss_fn(unravel(f), batch))(flat)
+
+
+def _random_like(params, seed):
+    flat, unravel = ravel_pytree(params)
+    return unravel(jax.random.normal(jax.random.key(seed), flat.shape, flat.dtype))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_hvp_matches_dense_hessian(case, seed):
+    loss_fn, params, batch = _setup(case, seed)
+    v = _random_like(params, seed + 10)
+    hv = ravel_pytree(hessjax.hvp(loss_fn, params, v, batch))[0]
+    dense = np.asarray(_dense(loss_fn, params, batch))
+    np.testing.assert_allclose(hv, dense @ ravel_pytree(v)[0], rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(dense, dense.T, atol=1e-10)  # the reference itself is a Hessian
+
+
+OPERATOR_CASES = [
+    *[("mlp_tanh", b) for b in (5, 4, 23, 64)],
+    *[("cnn_bn", b) for b in (5, 23)],
+    ("resnet", 5),
+]
+
+
+@pytest.mark.parametrize("case, batch_size", OPERATOR_CASES)
+def test_operator_is_hessian_of_dataset_mean(case, batch_size):
+    n = 23  # not divisible by 5 or 4: the short last batch must be weighted by its size
+    loss_fn, params, data = _setup(case, seed=batch_size, n=n)
+    op = hessjax.hessian_operator(loss_fn, params, data, batch_size=batch_size)
+    dense = np.asarray(_dense(loss_fn, params, data))  # one batch holding all N samples
+    v = _random_like(params, 3)
+    np.testing.assert_allclose(
+        ravel_pytree(op(v))[0], dense @ ravel_pytree(v)[0], rtol=1e-9, atol=1e-11
+    )
+
+
+def test_operator_compiles_once():
+    model, shape = CASES["cnn_bn"]
+    x, y = random_data(0, 11, shape, 3)
+    variables = init_with_random_bn(model, jax.random.key(0), jnp.asarray(x[:1]))
+
+    def loss(params, batch):
+        return hessjax.cross_entropy(
+            model.apply({**variables, "params": params}, batch[0]), batch[1]
+        )
+
+    # The loss is traced once for the full batches and once for the short tail batch, then never.
+    counted = chex.assert_max_traces(loss, n=2)
+    op = hessjax.hessian_operator(counted, variables["params"], (x, y), batch_size=4)
+    for seed in range(5):
+        op(_random_like(variables["params"], seed))
+    # eigen solvers call the operator inside their own loops: still no per-iteration retrace.
+    chex.clear_trace_counter()
+    counted = chex.assert_max_traces(loss, n=2)
+    op = hessjax.hessian_operator(counted, variables["params"], (x, y), batch_size=4)
+    hessjax.eigenvalues(op, variables["params"], k=2, key=jax.random.key(0), max_matvecs=30)
+
+
+def test_make_loss_fn_reuses_compilation_across_checkpoints():
+    model, shape = CASES["cnn_bn"]
+    x, y = random_data(0, 6, shape, 3)
+    ops = []
+    for seed in range(3):
+        variables = init_with_random_bn(model, jax.random.key(seed), jnp.asarray(x[:1]))
+        loss_fn = hessjax.make_loss_fn(model.apply, variables)
+        ops.append(hessjax.hessian_operator(loss_fn, variables["params"], (x, y), batch_size=3))
+    before = hessjax.hessian._dataset_hvp._cache_size()
+    for op in ops:
+        op(op.params)
+    assert hessjax.hessian._dataset_hvp._cache_size() - before <= 1
+
+
+def test_subsampled_operator_uses_a_random_subset():
+    loss_fn, params, data = _setup("mlp_tanh", seed=4, n=20)
+    key = jax.random.key(7)
+    op = hessjax.subsampled_hessian_operator(loss_fn, params, data, num_samples=1, key=key)
+    (xs, ys) = hessjax.subsample(data, 1, key=key)
+    assert xs.shape[0] == 1 and any(np.array_equal(xs[0], row) for row in data[0])
+    v = _random_like(params, 1)
+    expected = np.asarray(_dense(loss_fn, params, (xs, ys))) @ ravel_pytree(v)[0]
+    np.testing.assert_allclose(ravel_pytree(op(v))[0], expected, rtol=1e-9, atol=1e-11)
+
+
+def test_bad_inputs_are_reported():
+    loss_fn, params, (x, y) = _setup("mlp_tanh", seed=0, n=6)
+    with pytest.raises(ValueError, match="leading axis"):
+        hessjax.hessian_operator(loss_fn, params, (x, y[:4]), batch_size=2)
+    with pytest.raises(ValueError, match="batch_size"):
+        hessjax.hessian_operator(loss_fn, params, (x, y), batch_size=0)
+    with pytest.raises(ValueError, match="num_samples"):
+        hessjax.subsample((x, y), 7, key=jax.random.key(0))
+
+
+MESH_SCRIPT = textwrap.dedent(
+    """
+    import jax, jax.numpy as jnp, numpy as np
+    jax.config.update("jax_enable_x64", True)
+    from jax.flatten_util import ravel_pytree
+    from jax.sharding import Mesh
+    import hessjax
+    from nets import SmallCNN, init_with_random_bn, random_data
+    assert jax.device_count() == 4, jax.devices()
+    model = SmallCNN()
+    x, y = random_data(0, 26, (6, 6, 2), 3)
+    variables = init_with_random_bn(model, jax.random.key(0), jnp.asarray(x[:1]))
+    loss_fn = hessjax.make_loss_fn(model.apply, variables)
+    params = variables["params"]
+    flat, unravel = ravel_pytree(params)
+    v = unravel(jax.random.normal(jax.random.key(1), flat.shape, flat.dtype))
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    single = hessjax.hessian_operator(loss_fn, params, (x, y), batch_size=8)
+    sharded = hessjax.hessian_operator(loss_fn, params, (x, y), batch_size=8, mesh=mesh)
+    assert len(sharded.full[0].sharding.device_set) == 4
+    a, b = ravel_pytree(single(v))[0], ravel_pytree(sharded(v))[0]
+    np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    e1 = hessjax.eigenvalues(single, params, k=2, key=jax.random.key(0), tol=1e-8)
+    e4 = hessjax.eigenvalues(sharded, params, k=2, key=jax.random.key(0), tol=1e-8)
+    np.testing.assert_allclose(e1.values, e4.values, rtol=1e-7)
+    try:
+        hessjax.hessian_operator(loss_fn, params, (x, y), batch_size=6, mesh=mesh)
+        raise SystemExit("expected a divisibility error")
+    except ValueError as e:
+        assert "divisible" in str(e)
+    print("MESH_OK")
+    """
+)
+
+
+def test_sharded_operator_on_four_fake_devices_equals_single_device():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__), env.get("PYTHONPATH", "")])
+    out = subprocess.run(
+        [sys.executable, "-c", MESH_SCRIPT], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0 and "MESH_OK" in out.stdout, out.stderr[-3000:]
