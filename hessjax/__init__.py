@@ -4,7 +4,7 @@ A functional reimplementation of Yao, Gholami, Lei, Keutzer & Mahoney, "Hessian-
 Large Batch Training and Robustness to Adversaries" (NeurIPS 2018).
 """
 
-from hessjax import data, models
+from hessjax import attacks, data, models
 from hessjax.eigen import EigenResult, eigenvalues
 from hessjax.hessian import (
     HessianOperator,
@@ -21,12 +21,21 @@ from hessjax.input_hessian import (
     input_hessian_spectrum,
 )
 from hessjax.losses import cross_entropy, make_loss_fn, split_variables
-from hessjax.spectral import density, smooth_density, spectral_quadrature, trace, trace_samples
+from hessjax.spectral import (
+    Quadrature,
+    density,
+    smooth_density,
+    spectral_quadrature,
+    trace,
+    trace_samples,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "attacks",
     "EigenResult",
+    "Quadrature",
     "HessianOperator",
     "cross_entropy",
     "data",

@@ -57,11 +57,18 @@ def _lanczos_top_k(mv, v0, key, k, tol, num_steps):
         state, _ = carry
         state = lanczos.step(mv, state, key)
         values, vectors, _ = lanczos.ritz(state)
-        residuals = jnp.abs(state.betas[state.step - 1] * vectors[state.step - 1, -k:])
+        last_beta = state.betas[state.step - 1]
+        residuals = jnp.abs(last_beta * vectors[state.step - 1, -k:])
         smallest_active = values[num_steps - state.step]
-        scale = jnp.maximum(jnp.abs(values[-1]), jnp.abs(smallest_active))
-        converged = (state.step >= k) & jnp.all(residuals <= tol * scale)
-        return state, converged
+        bound = tol * jnp.maximum(jnp.abs(values[-1]), jnp.abs(smallest_active))
+        converged = (state.step >= k) & jnp.all(residuals <= bound)
+        # After a breakdown the restarted block explores the orthogonal complement (repeated
+        # eigenvalues live there); stop only once its top Ritz pair is converged and below θ_k.
+        block_start = lanczos.last_block_start(state)
+        block_values, block_vectors, _ = lanczos.ritz(state, block_start)
+        block_residual = jnp.abs(last_beta * block_vectors[state.step - 1, -1])
+        complement_done = (block_values[-1] <= values[-k] + bound) & (block_residual <= bound)
+        return state, converged & ((block_start == 0) | complement_done)
 
     state, converged = jax.lax.while_loop(
         not_done, body, (lanczos.init(v0, num_steps), jnp.zeros((), bool))

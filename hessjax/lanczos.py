@@ -74,8 +74,15 @@ def run(matvec: MatVec, v0: jax.Array, num_steps: int, key: jax.Array) -> Lanczo
     return jax.lax.fori_loop(0, num_steps, body, init(v0, num_steps))
 
 
-def ritz(state: LanczosState) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Eigen-decomposition of the active tridiagonal block ``T`` (size ``state.step``).
+def last_block_start(state: LanczosState) -> jax.Array:
+    """First row of the block holding the latest step (0 unless a breakdown restarted it)."""
+    idx = jnp.arange(state.betas.shape[0])
+    ends = (idx < state.step - 1) & (state.betas == 0)
+    return jnp.max(jnp.where(ends, idx + 1, 0))
+
+
+def ritz(state: LanczosState, start=0) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Eigen-decomposition of ``T`` restricted to rows ``start .. state.step − 1``.
 
     Returns ``(values, vectors, active)``: ``values`` (m,) ascending, with the ``m − step`` unused
     slots filled by a value below every active Ritz value (so the top of the list is always
@@ -84,8 +91,8 @@ def ritz(state: LanczosState) -> tuple[jax.Array, jax.Array, jax.Array]:
     """
     m = state.alphas.shape[0]
     idx = jnp.arange(m)
-    active = idx < state.step
-    off = jnp.where(idx < state.step - 1, state.betas, 0.0)
+    active = (idx >= start) & (idx < state.step)
+    off = jnp.where((idx >= start) & (idx < state.step - 1), state.betas, 0.0)
     diag = jnp.where(active, state.alphas, 0.0)
     radius = jnp.abs(off) + jnp.abs(jnp.concatenate([jnp.zeros((1,), off.dtype), off[:-1]]))
     lower = jnp.min(jnp.where(active, diag - radius, jnp.inf))

@@ -72,7 +72,7 @@ def init_with_random_bn(model: nn.Module, key: jax.Array, x: jax.Array) -> dict:
             leaf = jax.random.uniform(k, leaf.shape, leaf.dtype, 0.5, 2.0)
         elif "mean" in path or "BatchNorm" in path:
             leaf = leaf + 0.3 * jax.random.normal(k, leaf.shape, leaf.dtype)
-        out.append(leaf)
+        out.append(leaf.astype(jnp.float64))  # Flax keeps BN statistics in float32 otherwise
     return jax.tree_util.tree_unflatten(treedef, out)
 
 

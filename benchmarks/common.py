@@ -1,0 +1,255 @@
+"""Shared helpers of the benchmarks: environment report, timing, a partly trained M1, results.
+
+Run the benchmarks from the repository root as modules (``python -m benchmarks.<name>``) so that
+both ``hessjax`` and ``benchmarks`` import without installing anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import hessjax
+from hessjax import models
+
+RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
+_REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+DEFAULT_DATA_DIR = os.environ.get(hessjax.data.ENV_VAR) or str(
+    _REPO_ROOT.parent / "shared" / "data"
+)
+
+
+# ----------------------------------------------------------------------------- environment
+
+
+def set_torch_threads(num_threads: int | None) -> int:
+    """Pin PyTorch's intra-op pool to ``num_threads`` (default: every core, like XLA's pool)."""
+    import torch
+
+    n = num_threads or os.cpu_count() or 1
+    torch.set_num_threads(n)
+    return n
+
+
+def environment(torch_threads: int | None = None) -> dict[str, Any]:
+    """What the numbers were measured on: cores, thread settings, versions, load."""
+    env = {
+        "cpu_count": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "load_average_1_5_15": list(os.getloadavg()),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jax_backend": jax.default_backend(),
+        "jax_devices": [str(d) for d in jax.devices()],
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", ""),
+        "xla_threads": f"XLA default intra-op pool = all {os.cpu_count()} cores",
+    }
+    if torch_threads is not None:
+        import torch
+
+        env.update(
+            torch=torch.__version__,
+            torch_threads=torch.get_num_threads(),
+            torch_interop_threads=torch.get_num_interop_threads(),
+        )
+    return env
+
+
+def _cpu_model() -> str:
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def environment_line(env: dict[str, Any]) -> str:
+    torch_part = (
+        f"; torch {env['torch']} with torch.set_num_threads({env['torch_threads']}), "
+        f"OMP_WAIT_POLICY={env['OMP_WAIT_POLICY'] or '(unset)'}"
+        if "torch" in env
+        else ""
+    )
+    load = ", ".join(f"{v:.1f}" for v in env["load_average_1_5_15"])
+    return (
+        f"CPU: {env['cpu_count']} cores ({env['cpu_model']}); jax {env['jax']} "
+        f"({env['jax_backend']}), {env['xla_threads']}, "
+        f"XLA_FLAGS={env['XLA_FLAGS'] or '(unset)'}{torch_part}; load average at start {load} "
+        "(the machine is shared)."
+    )
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def block(tree: Any) -> Any:
+    """Wait for every JAX array in ``tree`` (no-op for other leaves)."""
+    return jax.block_until_ready(tree)
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    """Wall seconds of one call of ``fn`` (JAX results are waited for) and its result."""
+    start = time.perf_counter()
+    out = block(fn())
+    return time.perf_counter() - start, out
+
+
+def per_call(fn: Callable[[], Any], number: int) -> float:
+    """Mean wall seconds per call over ``number`` back-to-back calls."""
+    start = time.perf_counter()
+    for _ in range(number):
+        block(fn())
+    return (time.perf_counter() - start) / number
+
+
+def median(xs: Sequence[float]) -> float:
+    return float(statistics.median(xs))
+
+
+# ----------------------------------------------------------------------------- trees
+
+
+def tree_vdot(a: Any, b: Any) -> jax.Array:
+    leaves = jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda x, y: jnp.vdot(x, y), a, b))
+    return sum(leaves)
+
+
+def tree_random_normal(key: jax.Array, like: Any) -> Any:
+    leaves, treedef = jax.tree_util.tree_flatten(like)
+    keys = jax.random.split(key, len(leaves))
+    new = [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves, strict=True)]
+    return jax.tree_util.tree_unflatten(treedef, new)
+
+
+def rel_diff(a: Any, b: Any) -> float:
+    """``‖a − b‖ / ‖b‖`` over whole (flattened) arrays or pytrees."""
+    fa = np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree_util.tree_leaves(a)])
+    fb = np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree_util.tree_leaves(b)])
+    return float(np.linalg.norm(fa - fb) / np.linalg.norm(fb))
+
+
+def fingerprint(params: Any) -> str:
+    """A short checksum of the weights (sum of squares, 9 digits) to match runs across scripts."""
+    total = sum(np.sum(np.asarray(x, np.float64) ** 2) for x in jax.tree.leaves(params))
+    return f"{float(total):.9g}"
+
+
+# ----------------------------------------------------------------------------- M1 training
+
+
+def train_m1(
+    data_dir: str,
+    *,
+    num_train: int = 10_000,
+    epochs: int = 1,
+    batch_size: int = 128,
+    lr: float = 0.02,
+    momentum: float = 0.9,
+    seed: int = 0,
+) -> tuple[dict, dict[str, Any]]:
+    """A partly trained M1: SGD + momentum on the first ``num_train`` MNIST training images.
+
+    Deterministic in ``seed`` (init key and shuffling), so every benchmark that calls it with the
+    same arguments gets the same weights (compare ``info["fingerprint"]``). Takes ~10-30 s here.
+    """
+    x, y = hessjax.data.load("mnist", "train", data_dir=data_dir, limit=num_train)
+    model = models.get("m1")
+    variables = models.init(model, jax.random.key(seed))
+    params = variables["params"]
+    opt = optax.sgd(lr, momentum=momentum)
+    loss_fn = hessjax.make_loss_fn(model.apply, variables)
+
+    @jax.jit
+    def step(params, opt_state, batch):
+        loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    opt_state = opt.init(params)
+    rng = np.random.default_rng(seed)
+    start = time.perf_counter()
+    losses = []
+    for _ in range(epochs):
+        order = rng.permutation(len(x))
+        for i in range(0, len(x) - batch_size + 1, batch_size):
+            idx = order[i : i + batch_size]
+            params, opt_state, loss = step(params, opt_state, (x[idx], y[idx]))
+            losses.append(float(loss))
+    train_s = time.perf_counter() - start
+    x_test, y_test = hessjax.data.load("mnist", "test", data_dir=data_dir)
+    logits = jax.jit(model.apply)({"params": params}, x_test)
+    info = {
+        "recipe": (
+            f"M1, seed {seed}, optax.sgd(lr={lr}, momentum={momentum}), batch {batch_size}, "
+            f"{epochs} epoch(s) on the first {num_train} MNIST training images"
+        ),
+        "steps": len(losses),
+        "final_train_loss": float(np.mean(losses[-10:])),
+        "test_accuracy": float(np.mean(np.argmax(np.asarray(logits), -1) == y_test)),
+        "train_seconds": train_s,
+        "fingerprint": fingerprint(params),
+    }
+    return {"params": params}, info
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def command_line(module: str) -> str:
+    """The command that reproduces this run (from the repository root)."""
+    return shlex.join(["python", "-m", module, *sys.argv[1:]])
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(v):
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _atomic_write(path: pathlib.Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_results(stem: str, payload: dict[str, Any], markdown: str) -> tuple[str, str]:
+    """``results/<stem>.json`` and ``results/<stem>.md``, written atomically."""
+    out = pathlib.Path(stem)
+    if not out.is_absolute() and out.parent == pathlib.Path("."):
+        out = RESULTS_DIR / out
+    json_path, md_path = out.with_suffix(".json"), out.with_suffix(".md")
+    _atomic_write(json_path, json.dumps(payload, indent=2, default=_jsonable) + "\n")
+    _atomic_write(md_path, markdown.rstrip() + "\n")
+    return str(json_path), str(md_path)
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, np.generic | jax.Array):
+        return np.asarray(o).tolist()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o)}")
