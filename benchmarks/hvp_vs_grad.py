@@ -73,7 +73,16 @@ def jax_functions(name, batch_size, data_dir, seed):
         "jax_hvp_fwd_rev": lambda: hvp(loss_fn, params, v, batch),
         "jax_hvp_rev_rev": lambda: rev_rev(loss_fn, params, v, batch),
     }
-    return model, variables, (x, y), v, fns
+
+    def flops(fn, *a):
+        return float(fn.lower(*a).compile().cost_analysis()["flops"])
+
+    xla_flops = {
+        "jax_grad": flops(grad, loss_fn, params, batch),
+        "jax_hvp_fwd_rev": flops(hvp, loss_fn, params, v, batch),
+        "jax_hvp_rev_rev": flops(rev_rev, loss_fn, params, v, batch),
+    }
+    return model, variables, (x, y), v, fns, xla_flops
 
 
 def torch_functions(name, variables, x, y, v):
@@ -120,7 +129,7 @@ def torch_functions(name, variables, x, y, v):
 
 
 def bench_model(name, args):
-    model, variables, (x, y), v, fns = jax_functions(
+    model, variables, (x, y), v, fns, xla_flops = jax_functions(
         name, args.batch_size, args.data_dir, args.seed
     )
     first_call = {}
@@ -192,6 +201,8 @@ def bench_model(name, args):
         "batch_size": args.batch_size,
         "num_params": models.param_count(variables),
         "median_seconds": {k: common.median(s) for k, s in samples.items()},
+        "xla_cost_analysis_flops": xla_flops,
+        "xla_flops_ratio_hvp_over_grad": xla_flops["jax_hvp_fwd_rev"] / xla_flops["jax_grad"],
         "samples_seconds": samples,
         "first_call_seconds_incl_compile": first_call,
         "ratios": ratios,
@@ -210,6 +221,7 @@ def markdown(results, env, args):
         "JAX HVP (fwd-over-rev) ms",
         "**JAX HVP / grad** [IQR]",
         "≤ 2×?",
+        "XLA FLOPs HVP / grad",
         "JAX rev-over-rev / grad",
     ]
     if not args.no_torch:
@@ -233,6 +245,7 @@ def markdown(results, env, args):
             f"{ms['jax_hvp_fwd_rev']:.1f}",
             f"**{main['median']:.2f}** [{main['p25']:.2f}, {main['p75']:.2f}]",
             "yes" if r["meets_target"] else "**no**",
+            f"{r['xla_flops_ratio_hvp_over_grad']:.2f}",
             f"{q['jax_hvp_rev_rev/jax_grad']['median']:.2f}",
         ]
         if not args.no_torch:
@@ -266,7 +279,8 @@ def markdown(results, env, args):
             f"{args.number} calls; [IQR] = 25th-75th percentile of the per-round ratio); "
             "real MNIST (M1) / CIFAR-10 (C1) training images, randomly initialised weights, "
             "BN in inference mode. Target: JAX HVP / grad ≤ 2. torch.func column: ratio of "
-            f"medians, {args.slow_repeats} single calls after the rounds (too slow to pair).",
+            f"medians, {args.slow_repeats} single calls after the rounds (too slow to pair). "
+            "XLA FLOPs = `jit(...).lower(...).compile().cost_analysis()['flops']`.",
             "",
             f"Agreement (relative L2) of the HVPs/gradients across implementations: {agree}.",
             "",

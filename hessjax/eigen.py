@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from hessjax import lanczos
+from hessjax import lanczos, loops
 from hessjax.hessian import _as_partial
 
 METHODS = ("lanczos", "power")
@@ -48,90 +48,128 @@ def _unit(v: jax.Array) -> jax.Array:
     return v / jnp.linalg.norm(v)
 
 
-def _lanczos_top_k(mv, v0, key, k, tol, num_steps):
-    def not_done(carry):
-        state, converged = carry
-        return (~converged) & (state.step < num_steps)
+def _lanczos_converged(state, k, tol, num_steps):
+    """Whether the top-k Ritz pairs satisfy ``|β_j s_{j,i}| ≤ tol · max|θ|``."""
+    values, vectors, _ = lanczos.ritz(state)
+    last_beta = state.betas[state.step - 1]
+    residuals = jnp.abs(last_beta * vectors[state.step - 1, -k:])
+    smallest_active = values[num_steps - state.step]
+    bound = tol * jnp.maximum(jnp.abs(values[-1]), jnp.abs(smallest_active))
+    converged = (state.step >= k) & jnp.all(residuals <= bound)
+    # After a breakdown the restarted block explores the orthogonal complement (repeated
+    # eigenvalues live there); stop only once its top Ritz pair is converged and below θ_k.
+    block_start = lanczos.last_block_start(state)
+    block_values, block_vectors, _ = lanczos.ritz(state, block_start)
+    block_residual = jnp.abs(last_beta * block_vectors[state.step - 1, -1])
+    complement_done = (block_values[-1] <= values[-k] + bound) & (block_residual <= bound)
+    return converged & ((block_start == 0) | complement_done)
 
-    def body(carry):
-        state, _ = carry
-        state = lanczos.step(mv, state, key)
-        values, vectors, _ = lanczos.ritz(state)
-        last_beta = state.betas[state.step - 1]
-        residuals = jnp.abs(last_beta * vectors[state.step - 1, -k:])
-        smallest_active = values[num_steps - state.step]
-        bound = tol * jnp.maximum(jnp.abs(values[-1]), jnp.abs(smallest_active))
-        converged = (state.step >= k) & jnp.all(residuals <= bound)
-        # After a breakdown the restarted block explores the orthogonal complement (repeated
-        # eigenvalues live there); stop only once its top Ritz pair is converged and below θ_k.
-        block_start = lanczos.last_block_start(state)
-        block_values, block_vectors, _ = lanczos.ritz(state, block_start)
-        block_residual = jnp.abs(last_beta * block_vectors[state.step - 1, -1])
-        complement_done = (block_values[-1] <= values[-k] + bound) & (block_residual <= bound)
-        return state, converged & ((block_start == 0) | complement_done)
 
-    state, converged = jax.lax.while_loop(
-        not_done, body, (lanczos.init(v0, num_steps), jnp.zeros((), bool))
-    )
+@functools.partial(jax.jit, static_argnames=("k",))
+def _top_ritz_pairs(state, k):
     values, vectors, _ = lanczos.ritz(state)
     top = vectors[:, ::-1][:, :k]  # (m, k) largest first
     residuals = jnp.abs(state.betas[state.step - 1] * top[state.step - 1])
-    ritz_vectors = jax.vmap(_unit)(top.T @ state.basis[:num_steps])
-    return values[::-1][:k], ritz_vectors, residuals, state.step, converged
+    ritz_vectors = jax.vmap(_unit)(top.T @ state.basis[:-1])
+    return values[::-1][:k], ritz_vectors, residuals
 
 
-def _power_top_k(mv, v0_key, k, tol, max_iters, n, dtype):
+def _lanczos_top_k(mv, v0, key, k, tol, num_steps, host):
+    def update(carry, w):
+        state = lanczos.absorb(carry[0], w, key)
+        return state, _lanczos_converged(state, k, tol, num_steps)
+
+    state, converged = loops.matvec_loop(
+        mv,
+        lambda c: lanczos.current(c[0]),
+        update,
+        lambda c: (~c[1]) & (c[0].step < num_steps),
+        (lanczos.init(v0, num_steps), jnp.zeros((), bool)),
+        host=host,
+    )
+    values, vectors, residuals = _top_ritz_pairs(state, k)
+    return values, vectors, residuals, state.step, converged
+
+
+def _power_pair(mv, found, i, key, tol, max_iters, host):
+    """Eigenpair i by power iteration, orthonormalising each iterate against ``found`` rows."""
+    deflate = lambda found, w: _unit(lanczos._orthogonalize(found, w))
+
+    def update(c, hv):
+        found, s = c
+        lam = jnp.vdot(s["v"], hv)
+        converged = (s["it"] > 0) & (jnp.abs(lam - s["lam"]) <= tol * jnp.abs(s["lam"]))
+        hv_norm = jnp.linalg.norm(hv)  # Hv = 0: v spans the null space, λ = 0 is exact
+        nxt = jnp.where(hv_norm > 0, hv / jnp.where(hv_norm > 0, hv_norm, 1), s["v"])
+        done = converged | (hv_norm == 0)
+        s = dict(v=deflate(found, nxt), rq_v=s["v"], hv=hv, lam=lam, it=s["it"] + 1, done=done)
+        return found, s
+
+    n, dtype = found.shape[1], found.dtype
+    start = jax.random.normal(jax.random.fold_in(key, i), (n,), dtype)
+    zero = lambda shape, dt=dtype: jnp.zeros(shape, dt)  # distinct buffers (donated carry)
+    s = dict(
+        v=deflate(found, start), rq_v=zero(n), hv=zero(n), lam=zero(()), it=zero((), jnp.int32)
+    )
+    s["done"] = zero((), bool)
+    found, s = loops.matvec_loop(
+        mv,
+        lambda c: c[1]["v"],
+        update,
+        lambda c: (~c[1]["done"]) & (c[1]["it"] < max_iters),
+        (found, s),
+        host=host,
+    )
+    residual = jnp.linalg.norm(s["hv"] - s["lam"] * s["rq_v"])
+    return found, s["rq_v"], s["lam"], residual, s["it"], s["done"]
+
+
+def _power_top_k(mv, key, k, tol, max_iters, n, dtype, host):
     def one_pair(i, carry):
         found, values, residuals, count, all_converged = carry
-
-        def not_done(s):
-            return (~s["done"]) & (s["it"] < max_iters)
-
-        def body(s):
-            v = _unit(lanczos._orthogonalize(found, s["next"]))
-            hv = mv(v)
-            lam = jnp.vdot(v, hv)
-            done = (s["it"] > 0) & (jnp.abs(lam - s["lam"]) <= tol * jnp.abs(s["lam"]))
-            hv_norm = jnp.linalg.norm(hv)
-            nxt = jnp.where(hv_norm > 0, hv / jnp.where(hv_norm > 0, hv_norm, 1), v)
-            return dict(next=nxt, v=v, hv=hv, lam=lam, it=s["it"] + 1, done=done | (hv_norm == 0))
-
-        start = jax.random.normal(jax.random.fold_in(v0_key, i), (n,), dtype)
-        zero = jnp.zeros((n,), dtype)
-        s = dict(next=start, v=zero, hv=zero, lam=jnp.zeros((), dtype), it=0, done=False)
-        s = jax.lax.while_loop(not_done, body, jax.tree_util.tree_map(jnp.asarray, s))
+        found, v, lam, res, its, done = _power_pair(mv, found, i, key, tol, max_iters, host)
         return (
-            found.at[i].set(s["v"]),
-            values.at[i].set(s["lam"]),
-            residuals.at[i].set(jnp.linalg.norm(s["hv"] - s["lam"] * s["v"])),
-            count + s["it"],
-            all_converged & s["done"],
+            found.at[i].set(v),
+            values.at[i].set(lam),
+            residuals.at[i].set(res),
+            count + its,
+            all_converged & done,
         )
 
-    init = (
+    carry = (
         jnp.zeros((k, n), dtype),
         jnp.zeros((k,), dtype),
         jnp.zeros((k,), dtype),
         jnp.zeros((), jnp.int32),
         jnp.ones((), bool),
     )
-    found, values, residuals, count, converged = jax.lax.fori_loop(0, k, one_pair, init)
+    if host:
+        for i in range(k):
+            carry = one_pair(i, carry)
+    else:
+        carry = jax.lax.fori_loop(0, k, one_pair, carry)
+    found, values, residuals, count, converged = carry
     order = jnp.argsort(-values)
     return values[order], found[order], residuals[order], count, converged
 
 
-@functools.partial(jax.jit, static_argnames=("k", "method", "tol", "max_matvecs"))
-def _eigenvalues(matvec, params, key, *, k, method, tol, max_matvecs):
+def _eigenvalues_impl(matvec, params, key, *, k, method, tol, max_matvecs, host):
     flat, unravel = ravel_pytree(params)
     mv = _flat_matvec(matvec, unravel)
     n, dtype = flat.shape[0], flat.dtype
     if method == "lanczos":
         v0 = jax.random.normal(key, (n,), dtype)
-        out = _lanczos_top_k(mv, v0, jax.random.fold_in(key, 1), k, tol, max_matvecs)
+        out = _lanczos_top_k(mv, v0, jax.random.fold_in(key, 1), k, tol, max_matvecs, host)
     else:
-        out = _power_top_k(mv, key, k, tol, max_matvecs // k, n, dtype)
+        out = _power_top_k(mv, key, k, tol, max_matvecs // k, n, dtype, host)
     values, flat_vectors, residuals, count, converged = out
     return EigenResult(values, jax.vmap(unravel)(flat_vectors), residuals, count, converged)
+
+
+_eigenvalues_compiled = jax.jit(
+    functools.partial(_eigenvalues_impl, host=False),
+    static_argnames=("k", "method", "tol", "max_matvecs"),
+)
 
 
 def default_max_matvecs(k: int, method: str, n: int) -> int:
@@ -180,12 +218,7 @@ def eigenvalues(
         raise ValueError(f"max_matvecs={max_matvecs} must be at least k={k}")
     if method == "lanczos":
         max_matvecs = min(max_matvecs, n)
-    return _eigenvalues(
-        _as_partial(matvec),
-        params,
-        key,
-        k=k,
-        method=method,
-        tol=float(tol),
-        max_matvecs=max_matvecs,
-    )
+    options = dict(k=k, method=method, tol=float(tol), max_matvecs=max_matvecs)
+    if loops.host_loops():
+        return _eigenvalues_impl(matvec, params, key, **options, host=True)
+    return _eigenvalues_compiled(_as_partial(matvec), params, key, **options)

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from hessjax import tree
+from hessjax import loops, tree
 
 Partial = jax.tree_util.Partial
 
@@ -57,6 +57,8 @@ class HessianOperator:
     mesh: Mesh | None = dataclasses.field(default=None, metadata=dict(static=True))
 
     def __call__(self, v: Any) -> Any:
+        if loops.host_loops() and not loops.is_traced((self, v)):
+            return _host_dataset_hvp(self, v)
         return _dataset_hvp(self, v)
 
 
@@ -67,26 +69,41 @@ def _batch_spec(mesh: Mesh | None, leading: int) -> NamedSharding | None:
     return NamedSharding(mesh, PartitionSpec(*([None] * leading), tuple(mesh.axis_names)))
 
 
+def _weighted_batch_hvp(op: HessianOperator, v: Any, batch: Any) -> Any:
+    """``(n_b / N) ∇²_θ loss_fn(θ, batch) v`` for one batch of ``n_b`` samples."""
+    if op.mesh is not None:
+        batch = jax.lax.with_sharding_constraint(batch, _batch_spec(op.mesh, 0))
+    weight = tree.leading_dim(batch) / op.num_samples
+    return tree.scale(hvp(op.loss_fn, op.params, v, batch), weight)
+
+
 @jax.jit
 def _dataset_hvp(op: HessianOperator, v: Any) -> Any:
-    def batch_hvp(batch):
-        if op.mesh is not None:
-            batch = jax.lax.with_sharding_constraint(batch, _batch_spec(op.mesh, 0))
-        return hvp(op.loss_fn, op.params, v, batch)
-
-    total = tree.zeros_like(v)
-    full_size = tree.leading_dim(op.full, axis=1)
-    if full_size:
-
-        def body(acc, batch):
-            return tree.add(acc, batch_hvp(batch)), None
-
-        acc, _ = jax.lax.scan(body, total, op.full)
-        total = tree.scale(acc, full_size / op.num_samples)
-    tail_size = tree.leading_dim(op.tail)
-    if tail_size:
-        total = tree.add(total, tree.scale(batch_hvp(op.tail), tail_size / op.num_samples))
+    """All batches in one program: ``lax.scan`` over the full batches, then the tail."""
+    body = lambda acc, batch: (tree.add(acc, _weighted_batch_hvp(op, v, batch)), None)
+    total, _ = jax.lax.scan(body, tree.zeros_like(v), op.full)
+    if tree.leading_dim(op.tail):
+        total = tree.add(total, _weighted_batch_hvp(op, v, op.tail))
     return total
+
+
+@jax.jit
+def _add_batch_hvp(op: HessianOperator, v: Any, total: Any, index: jax.Array) -> Any:
+    batch = jax.tree_util.tree_map(lambda a: a[index], op.full)
+    return tree.add(total, _weighted_batch_hvp(op, v, batch))
+
+
+@jax.jit
+def _add_tail_hvp(op: HessianOperator, v: Any, total: Any) -> Any:
+    return tree.add(total, _weighted_batch_hvp(op, v, op.tail))
+
+
+def _host_dataset_hvp(op: HessianOperator, v: Any) -> Any:
+    """The same sum with the loop over batches in Python (see :mod:`hessjax.loops`)."""
+    total = tree.zeros_like(v)
+    for index in range(tree.leading_dim(op.full)):
+        total = _add_batch_hvp(op, v, total, index)
+    return _add_tail_hvp(op, v, total) if tree.leading_dim(op.tail) else total
 
 
 def hessian_operator(

@@ -17,6 +17,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from hessjax import loops
+
 MatVec = Callable[[jax.Array], jax.Array]
 
 
@@ -31,8 +33,8 @@ def init(v0: jax.Array, num_steps: int) -> LanczosState:
     """State before the first step; ``v0`` (n,) need not be normalised."""
     n, dtype = v0.shape[0], v0.dtype
     basis = jnp.zeros((num_steps + 1, n), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
-    zeros = jnp.zeros((num_steps,), dtype)
-    return LanczosState(basis, zeros, zeros, jnp.zeros((), jnp.int32))
+    zeros = lambda: jnp.zeros((num_steps,), dtype)  # distinct buffers: loop carries are donated
+    return LanczosState(basis, zeros(), zeros(), jnp.zeros((), jnp.int32))
 
 
 def _orthogonalize(basis: jax.Array, w: jax.Array) -> jax.Array:
@@ -42,11 +44,15 @@ def _orthogonalize(basis: jax.Array, w: jax.Array) -> jax.Array:
     return w
 
 
-def step(matvec: MatVec, state: LanczosState, key: jax.Array) -> LanczosState:
-    """One Lanczos step: ``α_j = q_jᵀ A q_j``, ``β_j q_{j+1} = (I − QQᵀ) A q_j``."""
+def current(state: LanczosState) -> jax.Array:
+    """The vector ``q_j`` the next step multiplies by ``A``."""
+    return state.basis[state.step]
+
+
+def absorb(state: LanczosState, w: jax.Array, key: jax.Array) -> LanczosState:
+    """Complete step j given ``w = A q_j``: ``α_j = q_jᵀ w``, ``β_j q_{j+1} = (I − QQᵀ) w``."""
     j = state.step
     q = state.basis[j]
-    w = matvec(q)
     alpha = jnp.vdot(q, w)
     w = _orthogonalize(state.basis, w)
     beta = jnp.linalg.norm(w)
@@ -68,10 +74,25 @@ def step(matvec: MatVec, state: LanczosState, key: jax.Array) -> LanczosState:
     )
 
 
-def run(matvec: MatVec, v0: jax.Array, num_steps: int, key: jax.Array) -> LanczosState:
-    """``num_steps`` Lanczos steps from ``v0`` in one ``lax.fori_loop``."""
-    body = lambda _, s: step(matvec, s, key)
-    return jax.lax.fori_loop(0, num_steps, body, init(v0, num_steps))
+def _current_of(carry):
+    return current(carry[0])
+
+
+def _absorb_into(carry, w):
+    state, key = carry
+    return absorb(state, w, key), key
+
+
+def _not_full(carry):
+    return carry[0].step < carry[0].alphas.shape[0]
+
+
+def run(
+    matvec: MatVec, v0: jax.Array, num_steps: int, key: jax.Array, *, host: bool = False
+) -> LanczosState:
+    """``num_steps`` Lanczos steps from ``v0`` (see :func:`hessjax.loops.matvec_loop`)."""
+    carry = (init(v0, num_steps), key)
+    return loops.matvec_loop(matvec, _current_of, _absorb_into, _not_full, carry, host=host)[0]
 
 
 def last_block_start(state: LanczosState) -> jax.Array:

@@ -18,22 +18,33 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from hessjax import lanczos
+from hessjax import lanczos, loops
 from hessjax.eigen import _flat_matvec
 from hessjax.hessian import _as_partial
 
 
-@functools.partial(jax.jit, static_argnames=("num_samples",))
-def _trace(matvec, params, key, *, num_samples):
+def _trace_samples_impl(matvec, params, key, *, num_samples, host):
     flat, unravel = ravel_pytree(params)
-    mv = _flat_matvec(matvec, unravel)
+    probe = lambda i: jax.random.rademacher(jax.random.fold_in(key, i), flat.shape, flat.dtype)
 
-    def sample(_, k):
-        z = jax.random.rademacher(k, flat.shape, flat.dtype)
-        return None, jnp.vdot(z, mv(z))
+    def update(carry, az):
+        i, samples = carry
+        return i + 1, samples.at[i].set(jnp.vdot(probe(i), az))
 
-    _, samples = jax.lax.scan(sample, None, jax.random.split(key, num_samples))
+    _, samples = loops.matvec_loop(
+        _flat_matvec(matvec, unravel),
+        lambda c: probe(c[0]),
+        update,
+        lambda c: c[0] < num_samples,
+        (jnp.zeros((), jnp.int32), jnp.zeros((num_samples,), flat.dtype)),
+        host=host,
+    )
     return samples
+
+
+_trace_samples_compiled = jax.jit(
+    functools.partial(_trace_samples_impl, host=False), static_argnames=("num_samples",)
+)
 
 
 def trace(matvec: Callable, params: Any, *, num_samples: int, key: jax.Array) -> jax.Array:
@@ -48,7 +59,9 @@ def trace_samples(matvec: Callable, params: Any, *, num_samples: int, key: jax.A
     """(num_samples,) values ``zᵢᵀ A zᵢ``; their mean is the trace estimate, std/√s its error."""
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    return _trace(_as_partial(matvec), params, key, num_samples=num_samples)
+    if loops.host_loops():
+        return _trace_samples_impl(matvec, params, key, num_samples=num_samples, host=True)
+    return _trace_samples_compiled(_as_partial(matvec), params, key, num_samples=num_samples)
 
 
 class Quadrature(NamedTuple):
@@ -58,18 +71,26 @@ class Quadrature(NamedTuple):
     weights: jax.Array
 
 
-@functools.partial(jax.jit, static_argnames=("num_steps", "num_runs"))
-def _quadrature(matvec, params, key, *, num_steps, num_runs):
+def _quadrature_impl(matvec, params, key, *, num_steps, num_runs, host):
     flat, unravel = ravel_pytree(params)
     mv = _flat_matvec(matvec, unravel)
 
     def one_run(k):
         v0 = jax.random.rademacher(k, flat.shape, flat.dtype)
-        state = lanczos.run(mv, v0, num_steps, jax.random.fold_in(k, 1))
+        state = lanczos.run(mv, v0, num_steps, jax.random.fold_in(k, 1), host=host)
         values, vectors, _ = lanczos.ritz(state)
         return values, vectors[0] ** 2
 
-    return Quadrature(*jax.lax.map(one_run, jax.random.split(key, num_runs)))
+    keys = jax.random.split(key, num_runs)
+    if host:
+        runs = [one_run(k) for k in keys]
+        return Quadrature(*(jnp.stack(parts) for parts in zip(*runs, strict=True)))
+    return Quadrature(*jax.lax.map(one_run, keys))
+
+
+_quadrature_compiled = jax.jit(
+    functools.partial(_quadrature_impl, host=False), static_argnames=("num_steps", "num_runs")
+)
 
 
 def spectral_quadrature(
@@ -81,7 +102,10 @@ def spectral_quadrature(
         raise ValueError(f"num_steps must be in [1, {n}] (the operator's size), got {num_steps}")
     if num_runs < 1:
         raise ValueError(f"num_runs must be >= 1, got {num_runs}")
-    return _quadrature(_as_partial(matvec), params, key, num_steps=num_steps, num_runs=num_runs)
+    options = dict(num_steps=num_steps, num_runs=num_runs)
+    if loops.host_loops():
+        return _quadrature_impl(matvec, params, key, **options, host=True)
+    return _quadrature_compiled(_as_partial(matvec), params, key, **options)
 
 
 def smooth_density(

@@ -25,3 +25,10 @@ def data_dir() -> pathlib.Path:
     if path is None:
         pytest.skip("real data not found: set HESSJAX_DATA_DIR to the folder of MNIST/CIFAR files")
     return path
+
+
+@pytest.fixture(params=["host", "lax"])
+def loop_mode(request, monkeypatch):
+    """Run a solver test with its loops in Python (the CPU default) and in one XLA program."""
+    monkeypatch.setenv("HESSJAX_HOST_LOOPS", "1" if request.param == "host" else "0")
+    return request.param

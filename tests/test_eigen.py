@@ -29,7 +29,7 @@ def _flat_vectors(vectors):
 
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_lanczos_matches_eigh(case, seed):
+def test_lanczos_matches_eigh(case, seed, loop_mode):
     loss_fn, params, data, dense = _problem(case, seed)
     op = hessjax.hessian_operator(loss_fn, params, data, batch_size=10)
     res = hessjax.eigenvalues(op, params, k=5, tol=1e-9, key=jax.random.key(seed))
@@ -47,7 +47,7 @@ def test_lanczos_matches_eigh(case, seed):
 
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("seed", [0, 1])
-def test_power_iteration_finds_largest_magnitude_eigenvalues(case, seed):
+def test_power_iteration_finds_largest_magnitude_eigenvalues(case, seed, loop_mode):
     loss_fn, params, data, dense = _problem(case, seed)
     op = hessjax.hessian_operator(loss_fn, params, data, batch_size=23)
     res = hessjax.eigenvalues(
@@ -77,7 +77,7 @@ def test_single_sample_hessian_is_indefinite_and_both_ends_are_found(seed):
     np.testing.assert_allclose(-bottom.values, evals[:2], rtol=1e-7, atol=1e-10)
 
 
-def test_lanczos_handles_repeated_spectrum_and_breakdown():
+def test_lanczos_handles_repeated_spectrum_and_breakdown(loop_mode):
     """A low-rank operator: Lanczos breaks down after rank+1 steps and must restart cleanly."""
     rng = np.random.default_rng(0)
     u = np.linalg.qr(rng.normal(size=(40, 4)))[0]
@@ -117,7 +117,7 @@ def test_lanczos_and_power_agree_on_trained_m1(data_dir):
     assert int(lz.num_matvecs) < int(pw.num_matvecs)
 
 
-def test_trace_is_unbiased_within_its_standard_error():
+def test_trace_is_unbiased_within_its_standard_error(loop_mode):
     _, _, _, dense = _problem("mlp", 3)
     mv = lambda v: dense @ v
     z = jnp.zeros(dense.shape[0])
@@ -132,7 +132,8 @@ def test_trace_is_unbiased_within_its_standard_error():
     )
 
 
-def test_density_matches_the_eigenvalue_histogram():
+def test_density_matches_the_eigenvalue_histogram(monkeypatch):
+    monkeypatch.setenv("HESSJAX_HOST_LOOPS", "0")  # 300 runs: one XLA program (host: below)
     _, _, _, dense = _problem("mlp", 4)
     n = dense.shape[0]
     evals = np.linalg.eigvalsh(dense)
@@ -169,3 +170,16 @@ def test_eigenvalue_arguments_are_checked():
         hessjax.eigenvalues(lambda v: v, z, k=6, key=jax.random.key(0))
     with pytest.raises(ValueError, match="num_steps"):
         hessjax.density(lambda v: v, z, num_steps=9, num_runs=1, key=jax.random.key(0))
+
+
+def test_host_and_compiled_loops_give_the_same_quadrature(monkeypatch):
+    _, _, _, dense = _problem("mlp", 5)
+    mv, z = (lambda v: dense @ v), jnp.zeros(dense.shape[0])
+    out = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv("HESSJAX_HOST_LOOPS", flag)
+        out[flag] = hessjax.spectral_quadrature(
+            mv, z, num_steps=20, num_runs=3, key=jax.random.key(2)
+        )
+    np.testing.assert_allclose(out["0"].nodes, out["1"].nodes, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(out["0"].weights, out["1"].weights, rtol=1e-7, atol=1e-10)
