@@ -4,7 +4,7 @@ A functional reimplementation of Yao, Gholami, Lei, Keutzer & Mahoney, "Hessian-
 Large Batch Training and Robustness to Adversaries" (NeurIPS 2018).
 """
 
-from hessjax import attacks, data, models
+from hessjax import attacks, data, models, train
 from hessjax.eigen import EigenResult, eigenvalues
 from hessjax.hessian import (
     HessianOperator,
@@ -57,4 +57,5 @@ __all__ = [
     "subsampled_hessian_operator",
     "trace",
     "trace_samples",
+    "train",
 ]
