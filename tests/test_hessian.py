@@ -1,8 +1,5 @@
 """hvp and hessian_operator against dense jax.hessian of the raveled parameters."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import chex
@@ -10,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from fake_devices import run_on_fake_devices
 from jax.flatten_util import ravel_pytree
 from nets import MLP, SmallCNN, TinyResNet, init_with_random_bn, random_data
 
@@ -167,9 +165,4 @@ MESH_SCRIPT = textwrap.dedent(
 
 
 def test_sharded_operator_on_four_fake_devices_equals_single_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__), env.get("PYTHONPATH", "")])
-    out = subprocess.run(
-        [sys.executable, "-c", MESH_SCRIPT], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert out.returncode == 0 and "MESH_OK" in out.stdout, out.stderr[-3000:]
+    run_on_fake_devices(MESH_SCRIPT, 4)

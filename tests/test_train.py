@@ -1,9 +1,6 @@
 """Training engine: micro-batching, ghost BN, data parallel, schedules, fit and resume."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import chex
@@ -12,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from fake_devices import run_on_fake_devices
 from nets import MLP, SmallCNN, init_with_random_bn, random_data
 
 import hessjax
@@ -129,12 +127,7 @@ MESH_SCRIPT = textwrap.dedent(
 
 
 def test_step_on_eight_fake_devices_equals_single_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__), env.get("PYTHONPATH", "")])
-    out = subprocess.run(
-        [sys.executable, "-c", MESH_SCRIPT], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert out.returncode == 0 and "MESH_OK" in out.stdout, out.stderr[-3000:]
+    run_on_fake_devices(MESH_SCRIPT, 8)
 
 
 def test_divergence_is_reported_not_raised(tmp_path):
