@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from hessjax import loops
+
 ApplyFn = Callable[..., jax.Array]
 METHODS = ("exact", "power")
 
@@ -40,22 +42,22 @@ def input_hvp(apply_fn, variables, x, y, v):
     return jax.jvp(grad, (x,), (v,))[1]
 
 
-def _map(fn, xs, batch_size):
-    """``vmap(fn)`` over the leading axis of the pytree ``xs``, ``batch_size`` samples at a time."""
-    return jax.lax.map(fn, xs, batch_size=batch_size)
+def _gradient_of(apply_fn, variables, x, y):
+    return input_gradient(apply_fn, variables, x, y)
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "batch_size"))
-def input_gradients(apply_fn, variables, x, y, *, batch_size=500):
+def _gradient_norm_of(apply_fn, variables, x, y):
+    return jnp.linalg.norm(input_gradient(apply_fn, variables, x, y))
+
+
+def input_gradients(apply_fn: ApplyFn, variables: Any, x, y, *, batch_size: int = 500):
     """Per-sample input gradients: x (N, ...), y (N,) -> (N, ...)."""
-    return _map(lambda s: input_gradient(apply_fn, variables, *s), (x, y), batch_size)
+    return loops.map_samples(_gradient_of, apply_fn, variables, (x, y), batch_size=batch_size)
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "batch_size"))
 def input_gradient_norms(apply_fn: ApplyFn, variables: Any, x, y, *, batch_size: int = 500):
     """(N,) ``‖∇ₓJ(xᵢ, yᵢ)‖₂`` per sample."""
-    norm = lambda s: jnp.linalg.norm(input_gradient(apply_fn, variables, *s))
-    return _map(norm, (x, y), batch_size)
+    return loops.map_samples(_gradient_norm_of, apply_fn, variables, (x, y), batch_size=batch_size)
 
 
 def _logit_jacobian_and_probs(apply_fn, variables, x):
@@ -74,7 +76,10 @@ def _reduced_input_hessian(apply_fn, variables, x):
     return s_half @ (jac @ jac.T) @ s_half
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "batch_size"))
+def _spectrum_of(apply_fn, variables, x):
+    return jnp.linalg.eigvalsh(_reduced_input_hessian(apply_fn, variables, x))[::-1]
+
+
 def input_hessian_spectrum(apply_fn: ApplyFn, variables: Any, x, y, *, batch_size: int = 500):
     """(N, c) eigenvalues of ``∇²ₓJ`` restricted to its range (descending; the rest are 0).
 
@@ -82,8 +87,7 @@ def input_hessian_spectrum(apply_fn: ApplyFn, variables: Any, x, y, *, batch_siz
     ``y`` (the label only enters ``∇ₓJ``), kept for a uniform signature.
     """
     del y
-    spectrum = lambda xi: jnp.linalg.eigvalsh(_reduced_input_hessian(apply_fn, variables, xi))[::-1]
-    return _map(spectrum, x, batch_size)
+    return loops.map_samples(_spectrum_of, apply_fn, variables, (x,), batch_size=batch_size)
 
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "batch_size", "max_iters"))
@@ -109,7 +113,7 @@ def _power_top_eigenvalue(apply_fn, variables, x, y, key, tol, *, batch_size, ma
         init = (v0 / jnp.linalg.norm(v0), jnp.zeros((), xi.dtype), 0, jnp.zeros((), bool))
         return jax.lax.while_loop(not_done, body, init)[1]
 
-    return _map(one, (x, y, keys), batch_size)
+    return jax.lax.map(one, (x, y, keys), batch_size=batch_size)
 
 
 def input_hessian_eigenvalues(

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 
 def host_loops() -> bool:
@@ -60,3 +61,45 @@ def matvec_loop(
     while bool(cond(carry)):
         carry = update(carry, matvec(prepare(carry)))
     return carry
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1), static_argnames=("static",))
+def _vmapped_chunk(fn, apply_fn, shared, args, static):
+    return jax.vmap(lambda *a: fn(apply_fn, shared, *a, **dict(static)))(*args)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1), static_argnames=("batch_size", "static"))
+def _mapped_all(fn, apply_fn, shared, args, batch_size, static):
+    one = lambda a: fn(apply_fn, shared, *a, **dict(static))
+    return jax.lax.map(one, args, batch_size=batch_size)
+
+
+def map_samples(
+    fn: Callable, apply_fn: Callable, shared: Any, args: tuple, *, batch_size: int, **static
+):
+    """``[fn(apply_fn, shared, *args_i, **static) for each sample i]``, vmapped in chunks.
+
+    ``args`` is a tuple of arrays with a shared leading axis N; ``shared`` (e.g. the model
+    variables) is the same for every sample; ``fn`` and ``apply_fn`` are static. In one program
+    this is ``lax.map(..., batch_size=batch_size)``; with host loops (CPU) each chunk is one call
+    of a compiled ``vmap`` (the last chunk padded to full size, so it compiles once).
+    """
+    static = tuple(sorted(static.items()))
+    if not host_loops() or is_traced((shared, args)):
+        return _mapped_all(fn, apply_fn, shared, args, batch_size=batch_size, static=static)
+    n = jax.tree_util.tree_leaves(args)[0].shape[0]
+    outs = []
+    for start in range(0, n, batch_size):
+        size = min(batch_size, n - start)
+        chunk = jax.tree_util.tree_map(
+            lambda a, s=start, m=size: _padded(a[s : s + m], batch_size), args
+        )
+        out = _vmapped_chunk(fn, apply_fn, shared, chunk, static)
+        outs.append(jax.tree_util.tree_map(lambda o, s=size: o[:s], out))
+    return jax.tree_util.tree_map(lambda *o: jnp.concatenate(o), *outs)
+
+
+def _padded(a, size: int) -> jax.Array:
+    """``a`` with its last row repeated up to ``size`` rows."""
+    a = jnp.asarray(a)
+    return jnp.concatenate([a, jnp.repeat(a[-1:], size - a.shape[0], axis=0)])

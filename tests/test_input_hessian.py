@@ -34,9 +34,9 @@ def _dense_spectra(apply_fn, variables, x, y):
 
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
-def test_gradient_norms_match_per_sample_grad(kind):
+def test_gradient_norms_match_per_sample_grad(kind, loop_mode):
     apply_fn, variables, x, y = _net(kind, 4, 0)
-    norms = hessjax.input_gradient_norms(apply_fn, variables, x, y, batch_size=2)
+    norms = hessjax.input_gradient_norms(apply_fn, variables, x, y, batch_size=2)  # 2 + 2 + 1
     for i in range(x.shape[0]):
         g = jax.grad(lambda z: sample_loss(apply_fn, variables, z, y[i]))(x[i])
         np.testing.assert_allclose(norms[i], np.linalg.norm(g), rtol=1e-10)
@@ -44,11 +44,13 @@ def test_gradient_norms_match_per_sample_grad(kind):
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_exact_and_power_eigenvalues_match_dense_hessian(kind, seed):
+def test_exact_and_power_eigenvalues_match_dense_hessian(kind, seed, loop_mode):
     c = 5
     apply_fn, variables, x, y = _net(kind, c, seed)
     dense = _dense_spectra(apply_fn, variables, x, y)
-    exact = hessjax.input_hessian_eigenvalues(apply_fn, variables, x, y, method="exact")
+    exact = hessjax.input_hessian_eigenvalues(
+        apply_fn, variables, x, y, method="exact", batch_size=3
+    )
     power = hessjax.input_hessian_eigenvalues(
         apply_fn, variables, x, y, method="power", tol=1e-12, max_iters=2000
     )
