@@ -1,0 +1,1 @@
+"""Experiment entry points (absl apps) and their ml_collections configs."""

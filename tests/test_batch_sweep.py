@@ -1,0 +1,99 @@
+"""Smoke test of experiments/batch_sweep.py: the m1 smoke config end to end on real MNIST."""
+
+import json
+
+import pytest
+
+from experiments import batch_sweep
+from experiments.configs import c1, m1
+
+
+def _smoke(data_dir):
+    config = m1.get_config("smoke")
+    config.data_dir = str(data_dir)
+    return config
+
+
+def test_configs_build_for_every_scale():
+    for module in (m1, c1):
+        for scale in ("paper", "cpu", "smoke"):
+            config = module.get_config(scale)
+            batch_sweep.validate(config)
+            assert config.hessian.k >= 2 and config.target_loss == 0.001
+        assert len(module.get_config("cpu").batch_sizes) >= 5
+    assert m1.get_config().fgsm_eps == [0.2, 0.1] and c1.get_config().fgsm_eps == [0.02, 0.01]
+    with pytest.raises(ValueError, match="unknown scale"):
+        m1.get_config("huge")
+
+
+def test_bad_configs_fail_with_one_message():
+    config = m1.get_config("smoke")
+    config.model = "m9"
+    config.fgsm_eps = [-0.1, 0.1]
+    config.batch_sizes = [48]
+    with pytest.raises(ValueError) as err:
+        batch_sweep.validate(config)
+    msg = str(err.value)
+    assert "unknown model" in msg and "fgsm_eps" in msg and "not divisible" in msg
+    config = m1.get_config("smoke")
+    config.dataset = "cifar10"
+    with pytest.raises(ValueError, match="takes inputs"):
+        batch_sweep.validate(config)
+
+
+def test_spearman():
+    assert batch_sweep.spearman([1, 2, 3, 4], [1, 5, 7, 100]) == pytest.approx(1.0)
+    assert batch_sweep.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+
+
+def test_smoke_sweep_end_to_end_and_resume(data_dir, tmp_path, monkeypatch):
+    config = _smoke(data_dir)
+    workdir = tmp_path / "run"
+    results = batch_sweep.run_sweep(config, workdir)
+
+    saved = json.loads((workdir / "results.json").read_text())
+    assert saved["config_name"] == "m1_smoke"
+    assert set(saved["runs"]) == {"bs32_seed0", "bs128_seed0"}
+    k = config.hessian.k
+    for run in saved["runs"].values():
+        assert run["status"] in ("converged", "max_epochs")
+        for split in ("train", "test"):
+            r = run[split]
+            assert 0.0 <= r["accuracy"] <= 1.0 and r["loss"] > 0
+            assert len(r["eigenvalues"]) == k
+            assert r["eigenvalues"] == sorted(r["eigenvalues"], reverse=True)
+            assert r["lambda_max"] > 0 and r["input_grad_norm"] > 0
+            assert r["input_lambda_max"] >= 0
+            assert 0.0 <= r["fgsm_eps1"] <= 1.0 and 0.0 <= r["fgsm_eps2"] <= 1.0
+            assert len(r["landscape_1d"]["loss"]) == config.landscape.num_points
+            grid = config.landscape.grid
+            assert len(r["landscape_2d"]["loss"]) == grid
+            assert len(r["landscape_2d"]["loss"][0]) == grid
+        assert (workdir / f"bs{run['batch_size']}_seed0" / "test_input_lambda_max.npy").exists()
+    rho = saved["summary"]["spearman_lambda_max_vs_batch"]
+    assert set(rho) == {"train", "test"}
+    assert results["summary"] == saved["summary"]
+
+    table = (workdir / "table.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "Batch" not in line]
+    assert [row.split("|")[1].strip() for row in rows] == ["32", "128"]
+    assert "λ_max^θ" in table and "FGSM ε₁" in table and "Spearman" in table
+    for name in ("fig1_spectrum", "fig2_landscape_1d", "fig3_landscape_2d"):
+        png = workdir / "figures" / f"{name}.png"
+        assert png.exists() and png.stat().st_size > 1000
+    assert json.loads((workdir / "config.json").read_text())["name"] == "m1_smoke"
+
+    # Running again neither retrains nor re-analyses a finished run.
+    def boom(*args, **kwargs):
+        raise AssertionError("a finished run was redone")
+
+    monkeypatch.setattr(batch_sweep, "train_run", boom)
+    monkeypatch.setattr(batch_sweep, "analyze", boom)
+    again = batch_sweep.run_sweep(config, workdir)
+    assert again["runs"] == saved["runs"]
+
+    # A workdir holding another config's run is refused before any work.
+    other = _smoke(data_dir)
+    other.lr = 0.5
+    with pytest.raises(ValueError, match="another config"):
+        batch_sweep.run_sweep(other, workdir)
