@@ -12,6 +12,7 @@ import pathlib
 import platform
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -58,6 +59,9 @@ def environment(torch_threads: int | None = None) -> dict[str, Any]:
         "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", ""),
         "xla_threads": f"XLA default intra-op pool = all {os.cpu_count()} cores",
+        "HESSJAX_HOST_LOOPS": os.environ.get("HESSJAX_HOST_LOOPS", ""),
+        "hessjax_host_loops": _host_loops(),
+        "git": _git_state(),
     }
     if torch_threads is not None:
         import torch
@@ -68,6 +72,27 @@ def environment(torch_threads: int | None = None) -> dict[str, Any]:
             torch_interop_threads=torch.get_num_interop_threads(),
         )
     return env
+
+
+def _host_loops() -> bool | None:
+    """Whether hessjax runs solver loops in Python here (``hessjax.loops``; None if absent)."""
+    try:
+        from hessjax import loops
+    except ImportError:
+        return None
+    return bool(loops.host_loops())
+
+
+def _git_state() -> str:
+    """``<commit>`` of the checkout, ``+dirty`` when hessjax/ has uncommitted changes."""
+    try:
+        run = lambda *a: subprocess.run(
+            ["git", *a], cwd=_REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = run("status", "--porcelain", "--", "hessjax")
+        return run("rev-parse", "--short", "HEAD") + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def _cpu_model() -> str:
@@ -89,6 +114,7 @@ def environment_line(env: dict[str, Any]) -> str:
     )
     load = ", ".join(f"{v:.1f}" for v in env["load_average_1_5_15"])
     return (
+        f"hessjax at git {env['git']} (host solver loops: {env['hessjax_host_loops']}). "
         f"CPU: {env['cpu_count']} cores ({env['cpu_model']}); jax {env['jax']} "
         f"({env['jax_backend']}), {env['xla_threads']}, "
         f"XLA_FLAGS={env['XLA_FLAGS'] or '(unset)'}{torch_part}; load average at start {load} "
