@@ -11,9 +11,12 @@ Steps (all float32, same CPU threads for XLA and PyTorch):
    XLA program, ``lax.scan`` over the batches), the benchmark's own Python loop over batches of
    ``jax.jit(hessjax.hvp)``, and PyHessian's ``dataloader_hv_product``;
 4. ``hessjax.eigenvalues(op, params, k, method="lanczos" | "power", tol, key)``: the first call
-   (compile included) and a second, warm call;
-5. PyHessian ``hessian(model, CrossEntropyLoss(), dataloader=...).eigenvalues(top_n=k)`` (its
-   defaults ``maxIter=100, tol=1e-3``: deflated power iteration), counting its HVPs;
+   (compile included) of each configuration;
+5. ``--rounds`` side-by-side rounds: PyHessian
+   ``hessian(model, CrossEntropyLoss(), dataloader=...).eigenvalues(top_n=k)`` (its defaults
+   ``maxIter=100, tol=1e-3``: deflated power iteration; HVPs counted), then one warm call of each
+   Lanczos configuration (and of power with ``--warm-power``); speed-ups are medians of the
+   per-round ratios;
 6. a reference spectrum: Lanczos with full reorthogonalisation driven from Python on the same
    float32 HVPs (Python loop of ``jax.jit(hessjax.hvp)``, numpy Gram-Schmidt), run to a tight
    residual tolerance. When it first meets each hessjax Lanczos tolerance is also reported, as a
@@ -22,9 +25,9 @@ Steps (all float32, same CPU threads for XLA and PyTorch):
 Issue targets: hessjax Lanczos >= 5x faster than PyHessian in wall time, eigenvalues agreeing to
 1e-3 relative.
 
-    python -m benchmarks.top_eigenvalues_vs_pyhessian                 # small defaults (~10 min)
+    python -m benchmarks.top_eigenvalues_vs_pyhessian                 # small defaults (~6 min)
     python -m benchmarks.top_eigenvalues_vs_pyhessian --num-images 2000 --batch-size 500 \\
-        --top-n 20 --power-tols 1e-3 --out top_eigenvalues_vs_pyhessian_full  # ~30 min
+        --top-n 20 --power-tols 1e-3 --out top_eigenvalues_vs_pyhessian_full  # issue's: ~50 min
 """
 
 from __future__ import annotations
@@ -68,11 +71,17 @@ def parse_args(argv=None):
     p.add_argument("--reference-tol", type=float, default=1e-5)
     p.add_argument("--reference-max-steps", type=int, default=250)
     p.add_argument("--no-reference", action="store_true")
-    p.add_argument("--no-warm", action="store_true", help="skip the second (warm) hessjax calls")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="side-by-side rounds of (PyHessian, warm hessjax calls); ratios = median over rounds",
+    )
+    p.add_argument("--no-warm", action="store_true", help="skip the warm hessjax calls")
     p.add_argument(
         "--warm-power",
         action="store_true",
-        help="also time a second (warm) call of method='power' (slow: power needs many HVPs)",
+        help="also time warm calls of method='power' in every round (slow: many HVPs)",
     )
     p.add_argument("--hvp-repeats", type=int, default=3, help="repeats of the single-HVP timing")
     p.add_argument("--train-images", type=int, default=10_000)
@@ -167,26 +176,22 @@ def python_lanczos(matvec, n, *, k, tols, max_steps, seed):
 # ----------------------------------------------------------------------------- runs
 
 
-def run_hessjax(op, params, *, k, method, tol, seed, warm):
+def hessjax_call(op, params, *, k, method, tol, seed):
+    """One timed ``hessjax.eigenvalues`` call -> (seconds, result summary)."""
     kwargs = dict(k=k, method=method, tol=tol, key=jax.random.key(seed))
-    first_s, res = common.timed(lambda: hessjax.eigenvalues(op, params, **kwargs))
-    out = {
+    seconds, res = common.timed(lambda: hessjax.eigenvalues(op, params, **kwargs))
+    return seconds, {
         "method": method,
         "tol": tol,
-        "first_call_seconds": first_s,
         "values": np.asarray(res.values).tolist(),
         "residuals": np.asarray(res.residuals).tolist(),
         "num_matvecs": int(res.num_matvecs),
         "converged": bool(res.converged),
     }
-    if warm:
-        out["warm_call_seconds"] = common.timed(lambda: hessjax.eigenvalues(op, params, **kwargs))[
-            0
-        ]
-    return out
 
 
 def run_pyhessian(tmodel, x, y, *, batch_size, k, tol, max_iter, seed):
+    """PyHessian's top-k eigenvalues (full_dataset mode), timed in total, HVPs counted."""
     import torch
     from pyhessian import hessian
     from torch.utils.data import DataLoader, TensorDataset
@@ -208,15 +213,14 @@ def run_pyhessian(tmodel, x, y, *, batch_size, k, tol, max_iter, seed):
     h.dataloader_hv_product = counted
     values, _ = h.eigenvalues(maxIter=max_iter, tol=tol, top_n=k)
     seconds = time.perf_counter() - start
-    return {
+    return seconds, {
         "method": "pyhessian power",
         "tol": tol,
         "max_iter": max_iter,
-        "seconds": seconds,
         "values_in_order_found": [float(v) for v in values],
         "values": sorted((float(v) for v in values), reverse=True),
         "num_matvecs": count[0],
-    }, h
+    }
 
 
 def with_env(name, value, fn):
@@ -232,9 +236,14 @@ def with_env(name, value, fn):
             os.environ[name] = old
 
 
+def best_seconds(run):
+    """Wall seconds of a hessjax run: median warm call if timed, else the first call."""
+    return run.get("warm_median_seconds") or run["first_call_seconds"]
+
+
 def step_seconds(run):
-    """Seconds per HVP of a hessjax run (warm call if timed, else the first call)."""
-    return run.get("warm_call_seconds", run["first_call_seconds"]) / run["num_matvecs"]
+    """Seconds per HVP of a hessjax run (warm calls if timed, else the first call)."""
+    return best_seconds(run) / run["num_matvecs"]
 
 
 def lanczos_tols(args):
@@ -255,7 +264,7 @@ def markdown(r, env, args):
     py = r["pyhessian"]
     ref = r.get("reference")
     ref_vals = ref["values"] if ref else None
-    rows = []
+    rounds = len(py["seconds"])
 
     def agree(vals):
         return (
@@ -263,36 +272,34 @@ def markdown(r, env, args):
             f"{max_rel(vals, ref_vals):.1e}" if ref_vals else "n/a",
         )
 
-    rows.append(
+    spread = f" [{min(py['seconds']):.0f}–{max(py['seconds']):.0f}]" if rounds > 1 else ""
+    rows = [
         [
             f"PyHessian `eigenvalues(top_n={k})` (power, tol {py['tol']:g}, "
             f"maxIter {py['max_iter']})",
             py["num_matvecs"],
-            f"{py['seconds']:.1f}",
+            f"{py['median_seconds']:.1f}{spread}",
             "—",
-            f"{py['seconds'] / py['num_matvecs']:.2f}",
+            f"{py['median_seconds'] / py['num_matvecs']:.2f}",
             "1",
             "—",
             "0",
             agree(py["values"])[1],
             "—",
         ]
-    )
+    ]
     for run in r["hessjax"]:
-        first, warm = run["first_call_seconds"], run.get("warm_call_seconds")
-        best = warm if warm is not None else first
-        sp_first, sp_warm = py["seconds"] / first, (py["seconds"] / warm if warm else None)
+        warm = run.get("warm_median_seconds")
         vs_py, vs_ref = agree(run["values"])
-        label = f"hessjax `{run['method']}`, tol {run['tol']:g}"
         rows.append(
             [
-                label,
+                f"hessjax `{run['method']}`, tol {run['tol']:g}",
                 run["num_matvecs"],
-                f"{first:.1f}",
-                f"{warm:.1f}" if warm is not None else "not run",
-                f"{best / run['num_matvecs']:.2f}",
-                f"**{sp_warm:.2f}×**" if sp_warm else "—",
-                f"{sp_first:.2f}×",
+                f"{run['first_call_seconds']:.1f}",
+                f"{warm:.1f}" if warm else "not run",
+                f"{step_seconds(run):.2f}",
+                f"**{run['speedup_warm_median']:.2f}×**" if warm else "—",
+                f"{run['speedup_first_call']:.2f}×",
                 vs_py,
                 vs_ref,
                 "yes" if run["converged"] else "**no**",
@@ -308,7 +315,7 @@ def markdown(r, env, args):
                     "—",
                     f"{hit['seconds']:.1f}",
                     f"{hit['seconds'] / hit['steps']:.2f}",
-                    f"{py['seconds'] / hit['seconds']:.2f}×",
+                    "—",
                     "—",
                     *agree(hit["values"]),
                     "yes",
@@ -333,10 +340,10 @@ def markdown(r, env, args):
         "method",
         "HVPs",
         "wall s, 1st call (incl. compile)",
-        "wall s, warm",
+        f"wall s, warm (median of {rounds})",
         "s / HVP",
-        "PyHessian s / this (warm)",
-        "PyHessian s / this (1st call)",
+        "speed-up vs PyHessian, warm",
+        "speed-up vs PyHessian, 1st call",
         "max rel. diff vs PyHessian",
         "max rel. diff vs reference",
         "converged",
@@ -363,10 +370,9 @@ def markdown(r, env, args):
     t = r["training"]
     verdict = []
     for lanczos in (q for q in r["hessjax"] if q["method"] == "lanczos"):
-        if not lanczos.get("warm_call_seconds"):
+        if not lanczos.get("warm_median_seconds"):
             continue
-        sp = py["seconds"] / lanczos["warm_call_seconds"]
-        sp1 = py["seconds"] / lanczos["first_call_seconds"]
+        sp, sp1 = lanczos["speedup_warm_median"], lanczos["speedup_first_call"]
         agr = max_rel(lanczos["values"], py["values"])
         acc = f", vs reference {max_rel(lanczos['values'], ref_vals):.1e}" if ref_vals else ""
         verdict.append(
@@ -395,12 +401,17 @@ def markdown(r, env, args):
             "",
             common.markdown_table(headers, rows),
             "",
-            "Relative differences are per eigenvalue, both lists sorted in decreasing order. "
-            "'reference' = Lanczos with full reorthogonalisation on the same float32 HVPs, run "
-            f"until every top-{k} residual ≤ {args.reference_tol:g}·max|θ|.",
+            f"{rounds} round(s): in each, PyHessian runs once and then every timed hessjax "
+            "configuration makes one warm call; `speed-up, warm` is the median over rounds of "
+            "PyHessian's time / hessjax's time in the same round (the machine is shared, so only "
+            "side-by-side ratios are meaningful). `1st call` = the one call that includes "
+            "compilation, against the median PyHessian time. PyHessian wall s: median "
+            "[min–max] over rounds. Relative differences are per eigenvalue, both lists sorted in "
+            "decreasing order; 'reference' = Lanczos with full reorthogonalisation on the same "
+            f"float32 HVPs, run until every top-{k} residual ≤ {args.reference_tol:g}·max|θ|.",
             "",
-            "`s / HVP` uses the warm time where there is one. Solver time per step beyond its "
-            f"HVP (s / HVP − {h['hessjax_operator']:.2f} s for one HVP below): "
+            "Solver time per step beyond its HVP (s / HVP − "
+            f"{h['hessjax_operator']:.2f} s for one HVP below): "
             + ", ".join(
                 f"{q['method']} {q['tol']:g}: {step_seconds(q) - h['hessjax_operator']:.2f} s"
                 for q in r["hessjax"]
@@ -432,6 +443,8 @@ def main(argv=None):
     env = common.environment(threads)
     log(common.environment_line(env))
     import torch
+    from pyhessian import hessian
+    from torch.utils.data import DataLoader, TensorDataset
 
     from benchmarks import torch_models
 
@@ -453,15 +466,12 @@ def main(argv=None):
     op = hessjax.hessian_operator(loss_fn, params, (x, y), batch_size=args.batch_size)
     loop_mv, unravel, n = python_loop_hvp(loss_fn, params, x, y, args.batch_size)
 
-    # --- one data-set HVP, three ways
+    # --- one data-set HVP, several ways
     v = common.tree_random_normal(jax.random.key(args.seed + 7), params)
     v_flat = np.asarray(ravel_pytree(v)[0])
     names = [nm for nm, _ in tmodel.named_parameters()]
     v_torch_np = torch_models.params_to_torch("m1", v)
     v_torch = [torch.from_numpy(v_torch_np[nm]) for nm in names]
-    from pyhessian import hessian
-    from torch.utils.data import DataLoader, TensorDataset
-
     loader = DataLoader(
         TensorDataset(torch_models.to_nchw(x), torch.from_numpy(np.asarray(y, np.int64))),
         batch_size=args.batch_size,
@@ -495,38 +505,55 @@ def main(argv=None):
     single = {key: common.median(s) for key, s in samples.items()}
     log("single HVP seconds:", single, "agreement:", hvp_agreement)
 
-    # --- PyHessian
-    log("PyHessian eigenvalues ...")
-    pyh, _ = run_pyhessian(
-        tmodel,
-        x,
-        y,
-        batch_size=args.batch_size,
-        k=args.top_n,
-        tol=args.pyhessian_tol,
-        max_iter=args.pyhessian_max_iter,
-        seed=args.seed,
-    )
-    log("PyHessian:", pyh)
-
-    # --- hessjax
-    runs = []
+    # --- hessjax first calls (compilation included)
     configs = [("lanczos", tol) for tol in lanczos_tols(args)]
     configs += [("power", float(t)) for t in args.power_tols.split(",") if t.strip()]
+    call = lambda method, tol: hessjax_call(
+        op, params, k=args.top_n, method=method, tol=tol, seed=args.seed
+    )
+    runs = []
     for method, tol in configs:
-        log(f"hessjax {method} tol={tol:g} ...")
-        runs.append(
-            run_hessjax(
-                op,
-                params,
-                k=args.top_n,
-                method=method,
-                tol=tol,
-                seed=args.seed,
-                warm=not args.no_warm and (method == "lanczos" or args.warm_power),
-            )
+        log(f"hessjax {method} tol={tol:g}, first call ...")
+        seconds, run = call(method, tol)
+        run.update(first_call_seconds=seconds, warm_seconds=[])
+        runs.append(run)
+        log(run)
+
+    # --- side-by-side rounds: PyHessian, then one warm call of each timed hessjax config
+    pyh_seconds, pyh = [], None
+    warm_runs = [q for q in runs if q["method"] == "lanczos" or args.warm_power]
+    for rnd in range(args.rounds):
+        log(f"round {rnd + 1}/{args.rounds}: PyHessian eigenvalues ...")
+        seconds, out = run_pyhessian(
+            tmodel,
+            x,
+            y,
+            batch_size=args.batch_size,
+            k=args.top_n,
+            tol=args.pyhessian_tol,
+            max_iter=args.pyhessian_max_iter,
+            seed=args.seed,
         )
-        log(runs[-1])
+        pyh_seconds.append(seconds)
+        pyh = pyh or out
+        log(f"PyHessian {seconds:.1f} s,", out)
+        if args.no_warm:
+            continue
+        for run in warm_runs:
+            seconds, again = call(run["method"], run["tol"])
+            assert again["num_matvecs"] == run["num_matvecs"], "hessjax is not deterministic"
+            run["warm_seconds"].append(seconds)
+            log(f"hessjax {run['method']} tol={run['tol']:g} warm: {seconds:.1f} s")
+    pyh.update(seconds=pyh_seconds, median_seconds=common.median(pyh_seconds))
+    for run in runs:
+        if run["warm_seconds"]:
+            ratios = [p / w for p, w in zip(pyh_seconds, run["warm_seconds"], strict=True)]
+            run.update(
+                warm_median_seconds=common.median(run["warm_seconds"]),
+                speedup_warm_per_round=ratios,
+                speedup_warm_median=common.median(ratios),
+            )
+        run["speedup_first_call"] = pyh["median_seconds"] / run["first_call_seconds"]
 
     # --- reference
     reference = None
