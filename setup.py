@@ -28,7 +28,17 @@ setup(
     ],
     extras_require={
         "tfds": ["tensorflow-cpu>=2.16", "tensorflow-datasets>=4.9"],
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "ruff>=0.6"],
+        "test": [
+            "pytest>=8",
+            "pytest-xdist>=3.5",
+            "hypothesis>=6.100",
+            "ruff>=0.6",
+            # tests/test_notebooks.py executes notebooks/ (nbclient, python3 kernel = ipykernel)
+            "nbclient>=0.10",
+            "nbformat>=5.10",
+            "ipykernel>=6.29",
+            "jupytext>=1.16",
+        ],
         "bench": ["torch==2.13.0", "pyhessian==0.1"],
         "notebooks": ["nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "jupytext>=1.16"],
     },
