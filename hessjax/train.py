@@ -46,9 +46,11 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from hessjax import loops, tree
+from hessjax.adversarial import Adversary
 from hessjax.losses import cross_entropy
 
 __all__ = [
+    "Adversary",
     "FitResult",
     "TrainState",
     "TrainStep",
@@ -216,6 +218,11 @@ class TrainStep:
       augment: optional ``(key, x) -> x`` applied to every micro-batch (e.g.
         ``hessjax.data.augment_cifar``), key ``fold_in(fold_in(state.key, step), j)``.
       host_loops: force the accumulation form; None asks :func:`hessjax.loops.host_loops` per call.
+      adversary: optional :class:`hessjax.adversarial.Adversary` (robust training): after
+        ``augment``, the first ``round(fraction · m)`` samples of every micro-batch are replaced by
+        adversarial examples made at the current ``params`` and running ``batch_stats`` with BN in
+        inference mode (gradient stopped), then the training-mode loss/gradient is taken on the
+        result. Works in both accumulation forms and with a mesh.
 
     ``metrics``: ``loss`` (mean training-mode loss of the batch) and ``accuracy``, device scalars.
     The input ``state`` is donated: use only the returned one.
@@ -230,9 +237,13 @@ class TrainStep:
         mesh: Mesh | None = None,
         augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
         host_loops: bool | None = None,
+        adversary: Adversary | None = None,
     ):
+        if adversary is not None and not isinstance(adversary, Adversary):
+            raise TypeError(f"adversary must be a hessjax.adversarial.Adversary, got {adversary!r}")
         self.apply_fn, self.tx, self.mesh, self.augment = apply_fn, tx, mesh, augment
         self.micro_batch_size, self.host_loops = micro_batch_size, host_loops
+        self.adversary = adversary
         self.num_devices = 1 if mesh is None else mesh.size
         self._scan_step = jax.jit(self._scan_update, donate_argnums=0)
         self._accumulate = jax.jit(self._accumulate_one, donate_argnums=0)
@@ -270,6 +281,10 @@ class TrainStep:
             x, y = jax.lax.with_sharding_constraint((x, y), _batch_sharding(self.mesh, 0))
         if self.augment is not None:
             x = self.augment(jax.random.fold_in(step_key, j), x)
+        if self.adversary is not None:
+            x = self.adversary.perturb(self.apply_fn, params, batch_stats, x, y)
+            if self.mesh is not None:
+                x = jax.lax.with_sharding_constraint(x, _batch_sharding(self.mesh, 0))
 
         def loss_fn(p):
             logits, new = self.apply_fn(
@@ -468,10 +483,12 @@ def _bookkeeping(state: TrainState, epoch: int, status: int, initial_loss: float
     }
 
 
-def _epoch_batches(x, y, batch_size: int, seed: int, epoch: int):
-    """Shuffled full batches of epoch ``epoch`` (the last partial batch is dropped)."""
+def _epoch_batches(x, y, batch_size: int, seed: int, epoch: int, max_steps: int | None = None):
+    """Shuffled full batches of epoch ``epoch`` (the last partial batch is dropped); at most
+    ``max_steps`` of them (the first ones of the same shuffle) when given."""
     perm = np.random.default_rng([seed, epoch]).permutation(len(y))
-    for s in range(len(y) // batch_size):
+    steps = len(y) // batch_size
+    for s in range(steps if max_steps is None else min(steps, max_steps)):
         idx = np.sort(perm[s * batch_size : (s + 1) * batch_size])
         yield x[idx], y[idx]
 
@@ -498,6 +515,8 @@ def fit(
     metrics_file: str | os.PathLike | None = None,
     callback: Callable[[int, TrainState, dict], Mapping | None] | None = None,
     verbose: bool = True,
+    max_steps_per_epoch: int | None = None,
+    eval_limit: int | None = None,
 ) -> FitResult:
     """Train for up to ``num_epochs`` epochs of ``len(y) // batch_size`` steps each.
 
@@ -509,13 +528,23 @@ def fit(
     checkpoints is resumed from its latest one (a finished run returns at once). Epoch ``e``'s
     shuffle is ``default_rng([seed, e])``, so resuming gives the uninterrupted run's numbers.
     ``x``/``y`` are host (numpy) arrays; only the batches move to the device.
+
+    Budget knobs for expensive runs (defaults: off): ``max_steps_per_epoch`` caps the updates of
+    every epoch (the first batches of that epoch's shuffle); ``eval_limit`` measures the
+    per-epoch training loss/accuracy (convergence, divergence, records) on the first
+    ``eval_limit`` training samples only.
     """
     if not 0 < batch_size <= len(y):
         raise ValueError(f"batch_size={batch_size} must be in [1, N={len(y)}]")
+    if max_steps_per_epoch is not None and max_steps_per_epoch < 1:
+        raise ValueError(f"max_steps_per_epoch must be >= 1 or None, got {max_steps_per_epoch}")
+    if eval_limit is not None and eval_limit < 1:
+        raise ValueError(f"eval_limit must be >= 1 or None, got {eval_limit}")
     step.micro_batches(batch_size)  # fail before any work
     ckpt = _Checkpoints(workdir, max_to_keep) if workdir is not None else None
     apply_fn, mesh = step.apply_fn, step.mesh
-    measure = lambda s: evaluate(apply_fn, state_variables(s), x, y, eval_batch_size, mesh=mesh)
+    xe, ye = (x, y) if eval_limit is None else (x[:eval_limit], y[:eval_limit])
+    measure = lambda s: evaluate(apply_fn, state_variables(s), xe, ye, eval_batch_size, mesh=mesh)
 
     state = step.replicate(state)
     item = _bookkeeping(state, 0, 0, 0.0)
@@ -535,10 +564,12 @@ def fit(
         return FitResult(state, "converged", 0, history)
 
     steps_per_epoch, started = len(y) // batch_size, time.perf_counter()
+    if max_steps_per_epoch is not None:
+        steps_per_epoch = min(steps_per_epoch, max_steps_per_epoch)
     first_epoch = epoch
     while epoch < num_epochs:
         tic, losses = time.perf_counter(), []
-        for xb, yb in _epoch_batches(x, y, batch_size, seed, epoch):
+        for xb, yb in _epoch_batches(x, y, batch_size, seed, epoch, max_steps_per_epoch):
             state, metrics = step(state, xb, yb)
             losses.append(metrics["loss"])
         epoch += 1
