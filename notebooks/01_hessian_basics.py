@@ -14,7 +14,7 @@
 # %% [markdown]
 # # 01 · Hessian basics: exact HVPs, top eigenvalues, trace and spectral density
 #
-# [Open in Colab](https://colab.research.google.com/github/ORG/hessjax/blob/main/notebooks/01_hessian_basics.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/ORG/hessjax/blob/main/notebooks/01_hessian_basics.ipynb)
 # (replace `ORG` with the repository's owner).
 #
 # On a network small enough for a dense `jax.hessian`, this notebook checks every weight-Hessian

@@ -14,7 +14,7 @@
 # %% [markdown]
 # # 02 · Large batches converge to sharper minima
 #
-# [Open in Colab](https://colab.research.google.com/github/ORG/hessjax/blob/main/notebooks/02_large_batch_sharpness.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/ORG/hessjax/blob/main/notebooks/02_large_batch_sharpness.ipynb)
 # (replace `ORG` with the repository's owner).
 #
 # Yao et al. (2018), Tables 1 and 7, Figs. 1-3: train the same network at several batch sizes,

@@ -14,7 +14,7 @@
 # %% [markdown]
 # # 03 · The input Hessian, Theorem 1, and five attacks
 #
-# [Open in Colab](https://colab.research.google.com/github/ORG/hessjax/blob/main/notebooks/03_input_hessian_and_attacks.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/ORG/hessjax/blob/main/notebooks/03_input_hessian_and_attacks.ipynb)
 # (replace `ORG` with the repository's owner).
 #
 # For one sample, `J(x) = CE(z(x), y)` with logits `z`. Yao et al. (2018) show (Theorem 1,

@@ -14,7 +14,7 @@
 # %% [markdown]
 # # 04 · Robust training moves the model to flatter regions
 #
-# [Open in Colab](https://colab.research.google.com/github/ORG/hessjax/blob/main/notebooks/04_robust_training.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/ORG/hessjax/blob/main/notebooks/04_robust_training.ipynb)
 # (replace `ORG` with the repository's owner).
 #
 # Yao et al. (2018), Tables 3 and 4, Figs. 5 and 6: train an original model, continue it with
