@@ -1,6 +1,7 @@
-"""Batch-size sweep (PAPER.md Table 1 / Table 7, Figs. 1-3): train every (batch size, seed), then
-measure loss/accuracy, the top-k weight-Hessian spectrum, the input-gradient norm and input-Hessian
-λ_max, FGSM accuracy and the loss landscape along the top eigenvectors, on train and test.
+"""Batch-size sweep (PAPER.md Tables 1, 2, 7, Figs. 1-4): train every (batch size, seed), tracking
+the dominant Hessian eigenvalue and gradient norm per epoch, then measure loss/accuracy, the top-k
+weight-Hessian spectrum, the input-gradient norm and input-Hessian λ_max, FGSM accuracy and the
+loss landscape along the top eigenvectors, on train and test.
 
     python -m experiments.batch_sweep --config=experiments/configs/m1.py:smoke [--workdir=DIR]
         [--analyze_only] [--config.lr=0.02]
@@ -18,6 +19,7 @@ import functools
 import json
 import os
 import pathlib
+import sys
 import time
 from typing import Any
 
@@ -28,6 +30,12 @@ import hessjax
 from hessjax import data as hdata
 from hessjax import models as hmodels
 from hessjax import train as htrain
+
+# `python experiments/batch_sweep.py` puts experiments/ first on sys.path; the configs import
+# `experiments.configs.sweep_base`, so the repository root must be importable too.
+_ROOT = str(pathlib.Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:
+    sys.path.insert(1, _ROOT)
 
 RESULTS = "results.json"
 # Fields that may change between invocations on one workdir (they extend or locate the sweep
@@ -65,7 +73,8 @@ def validate(config, workdir: str | os.PathLike | None = None) -> None:
         if tuple(shape) != tuple(hdata.image_shape(config.dataset)):
             errors.append(
                 f"model {config.model!r} takes inputs {shape} but {config.dataset!r} images are "
-                f"{hdata.image_shape(config.dataset)}; pair m1 with mnist, c1/c2/c3 with cifar10"
+                f"{hdata.image_shape(config.dataset)}; pair m1 with mnist, c1/c2/c3 with "
+                "cifar10, cr with cifar100"
             )
     if not config.batch_sizes:
         errors.append("batch_sizes is empty")
@@ -95,6 +104,11 @@ def validate(config, workdir: str | os.PathLike | None = None) -> None:
         errors.append(f"hessian.method must be 'lanczos' or 'power', got {config.hessian.method!r}")
     if config.hessian.tol <= 0:
         errors.append(f"hessian.tol must be positive, got {config.hessian.tol}")
+    if config.track.every < 0 or config.track.tol <= 0 or config.track.max_matvecs < 1:
+        errors.append("track needs every >= 0 (0: off), tol > 0 and max_matvecs >= 1")
+    if config.augment and config.dataset in hdata.DATASETS:
+        if tuple(hdata.image_shape(config.dataset)) != (32, 32, 3):
+            errors.append(f"augment=True crops and flips CIFAR images, not {config.dataset}")
     lc = config.landscape
     if not lc.t_min < lc.t_max or lc.num_points < 2 or lc.grid < 2:
         errors.append("landscape needs t_min < t_max, num_points >= 2 and grid >= 2")
@@ -162,11 +176,56 @@ def get_model(name: str):
     return hmodels.get(name)
 
 
+def _hessian_subset(x, y, num_samples):
+    return x[:num_samples], y[:num_samples]
+
+
+def tracker(config, model, data, seed: int):
+    """Fig. 4's per-epoch measurement as a :func:`hessjax.train.fit` callback, or None if off:
+    ``{"lambda_max": λ_max(∇²L), "grad_norm": ‖∇L‖}`` of the loss on the first
+    ``track.num_samples`` training samples (BN in inference mode), Lanczos k=1 to ``track.tol``."""
+    tc = config.track
+    if not tc.every:
+        return None
+    xh, yh = _hessian_subset(*data["train"], tc.num_samples)
+    batch = min(config.hessian.batch_size, len(yh))
+
+    def callback(epoch, state, record):
+        if epoch % tc.every:
+            return None
+        variables = htrain.state_variables(state)
+        params = variables["params"]
+        loss_fn = hessjax.make_loss_fn(model.apply, variables)
+        op = hessjax.hessian_operator(loss_fn, params, (xh, yh), batch_size=batch)
+        key = jax.random.fold_in(jax.random.key(seed), 1000 + epoch)
+        eig = hessjax.eigenvalues(op, params, k=1, tol=tc.tol, max_matvecs=tc.max_matvecs, key=key)
+        return {
+            "lambda_max": float(eig.values[0]),
+            "grad_norm": htrain.full_gradient_norm(loss_fn, params, (xh, yh), batch),
+        }
+
+    return callback
+
+
+def read_history(metrics_file: pathlib.Path) -> list[dict]:
+    """Per-epoch records of ``metrics.jsonl``, one per epoch (the last one written wins: an epoch
+    redone after an interruption is logged twice)."""
+    if not metrics_file.exists():
+        return []
+    by_epoch = {}
+    for line in metrics_file.read_text().splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            by_epoch[rec["epoch"]] = rec
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
 def train_run(config, data, batch_size: int, seed: int, run_dir: pathlib.Path, train: bool = True):
     """Train (or, ``train=False``, only restore) one run; ``(model, variables, status, epochs)``.
 
     Checkpoints live in ``run_dir/ckpt``; hessjax.train.fit resumes from them (a finished run
-    returns at once).
+    returns at once). Per-epoch records (with Fig. 4's λ_max and gradient norm when
+    ``config.track.every``) go to ``run_dir/metrics.jsonl``.
     """
     model = get_model(config.model)
     x, y = data["train"]
@@ -179,7 +238,10 @@ def train_run(config, data, batch_size: int, seed: int, run_dir: pathlib.Path, t
     variables = hmodels.init(model, jax.random.key(seed))
     state = htrain.init_state(variables, tx, seed)
     step = htrain.TrainStep(
-        model.apply, tx, micro_batch_size=effective_micro_batch(config, batch_size)
+        model.apply,
+        tx,
+        micro_batch_size=effective_micro_batch(config, batch_size),
+        augment=hdata.augment_cifar if config.augment else None,
     )
     ckpt = run_dir / "ckpt"
     if not train and not (ckpt.is_dir() and any(ckpt.iterdir())):
@@ -196,6 +258,7 @@ def train_run(config, data, batch_size: int, seed: int, run_dir: pathlib.Path, t
         eval_batch_size=config.eval_batch_size,
         workdir=ckpt,
         metrics_file=run_dir / "metrics.jsonl",
+        callback=tracker(config, model, data, seed) if train else None,
         verbose=True,
     )
     return model, htrain.state_variables(result.state), result.status, result.epoch
@@ -228,7 +291,7 @@ def analyze(config, model, variables, data, seed: int, run_dir: pathlib.Path) ->
         loss, acc = htrain.evaluate(apply_fn, variables, x, y, config.eval_batch_size)
         r = {"loss": loss, "accuracy": acc}
 
-        xh, yh = x[: hc.num_samples], y[: hc.num_samples]
+        xh, yh = _hessian_subset(x, y, hc.num_samples)
         op = hessjax.hessian_operator(
             loss_fn, params, (xh, yh), batch_size=min(hc.batch_size, len(yh))
         )
@@ -252,17 +315,17 @@ def analyze(config, model, variables, data, seed: int, run_dir: pathlib.Path) ->
 
         xi, yi = x[: ic.num_samples], y[: ic.num_samples]
         bs = min(ic.batch_size, len(yi))
-        gnorm = np.asarray(hessjax.input_gradient_norms(apply_fn, variables, xi, yi, batch_size=bs))
-        lam_x = np.asarray(
-            hessjax.input_hessian_eigenvalues(
+        r["input_samples"] = len(yi)
+        if ic.enabled:
+            gnorm = hessjax.input_gradient_norms(apply_fn, variables, xi, yi, batch_size=bs)
+            lam_x = hessjax.input_hessian_eigenvalues(
                 apply_fn, variables, xi, yi, method="exact", batch_size=bs
             )
-        )
-        np.save(run_dir / f"{split}_input_grad_norms.npy", gnorm)
-        np.save(run_dir / f"{split}_input_lambda_max.npy", lam_x)
-        r["input_grad_norm"] = float(gnorm.mean())
-        r["input_lambda_max"] = float(lam_x.mean())
-        r["input_samples"] = len(yi)
+            gnorm, lam_x = np.asarray(gnorm), np.asarray(lam_x)
+            np.save(run_dir / f"{split}_input_grad_norms.npy", gnorm)
+            np.save(run_dir / f"{split}_input_lambda_max.npy", lam_x)
+            r["input_grad_norm"] = float(gnorm.mean())
+            r["input_lambda_max"] = float(lam_x.mean())
         fgsm = hessjax.attacks.adversarial_accuracy(
             apply_fn, variables, xi, yi, "fgsm", list(config.fgsm_eps), clip=clip, batch_size=bs
         )
@@ -283,9 +346,13 @@ def analyze(config, model, variables, data, seed: int, run_dir: pathlib.Path) ->
         r["landscape_2d"] = {"t": g.tolist(), "loss": surface}  # loss[i][j] at t1=g[i], t2=g[j]
         r["seconds"] = time.perf_counter() - tic
         out[split] = r
-        _log(
-            f"  {split}: loss {loss:.4g} acc {acc:.4f} λ_max {r['lambda_max']:.4g} "
+        inputs = (
             f"‖∇ₓJ‖ {r['input_grad_norm']:.4g} λ_max^x {r['input_lambda_max']:.4g} "
+            if ic.enabled
+            else ""
+        )
+        _log(
+            f"  {split}: loss {loss:.4g} acc {acc:.4f} λ_max {r['lambda_max']:.4g} {inputs}"
             f"FGSM {r['fgsm_eps1']:.3f}/{r['fgsm_eps2']:.3f} ({r['seconds']:.1f}s)"
         )
     return out
@@ -322,6 +389,14 @@ COLUMNS = (
     ("fgsm_eps1", "FGSM ε₁ (%)", 100.0),
     ("fgsm_eps2", "FGSM ε₂ (%)", 100.0),
 )
+_INPUT_COLUMNS = ("input_grad_norm", "input_lambda_max")
+
+
+def columns(config) -> tuple:
+    """Table 1's columns (Table 2's without the input-Hessian ones when they are switched off)."""
+    if config.input_hessian.enabled:
+        return COLUMNS
+    return tuple(c for c in COLUMNS if c[0] not in _INPUT_COLUMNS)
 
 
 def summarize(config, runs: dict) -> dict:
@@ -337,7 +412,7 @@ def summarize(config, runs: dict) -> dict:
             continue
         row = {"num_seeds": len(done)}
         for split in ("train", "test"):
-            for key, _, _ in COLUMNS:
+            for key, _, _ in columns(config):
                 vals = np.array([r[split][key] for r in done], float)
                 row[f"{split}_{key}"] = {"mean": float(vals.mean()), "std": float(vals.std())}
         summary[str(b)] = row
@@ -358,7 +433,7 @@ def _fmt(stat: dict, scale: float, n: int) -> str:
 def write_table(config, results: dict, path: pathlib.Path) -> None:
     """Table 1's layout: one row per batch size, "train (test)" per column."""
     per = results["summary"]["per_batch_size"]
-    head = ["Batch"] + [title for _, title, _ in COLUMNS]
+    head = ["Batch"] + [title for _, title, _ in columns(config)]
     lines = [
         f"# {config.name}: {config.model.upper()} / {config.dataset}, train (test)",
         "",
@@ -372,7 +447,7 @@ def write_table(config, results: dict, path: pathlib.Path) -> None:
         n = row["num_seeds"]
         cells = [
             f"{_fmt(row[f'train_{k}'], sc, n)} ({_fmt(row[f'test_{k}'], sc, n)})"
-            for k, _, sc in COLUMNS
+            for k, _, sc in columns(config)
         ]
         lines.append(f"| {b} | " + " | ".join(cells) + " |")
     diverged = sorted(k for k, r in results["runs"].items() if r.get("status") == "diverged")
@@ -468,7 +543,38 @@ def write_figures(config, results: dict, folder: pathlib.Path) -> list[pathlib.P
     paths.append(folder / "fig3_landscape_2d.png")
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
+
+    tracked = [(b, r["history"]) for b, r in runs if any("lambda_max" in h for h in r["history"])]
+    if tracked:
+        paths.append(_training_figure(config, tracked, colors, folder, plt))
     return paths
+
+
+def _training_figure(config, tracked, colors, folder: pathlib.Path, plt) -> pathlib.Path:
+    """Fig. 4: training loss, λ_max(∇²L) and ‖∇L‖ per epoch, one line per batch size."""
+    panels = (
+        ("train_loss", "training loss (full set)"),
+        ("lambda_max", r"$\lambda_{max}$ of $\nabla^2_\theta L$"),
+        ("grad_norm", r"$\|\nabla_\theta L\|$"),
+    )
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for ax, (key, label) in zip(axes, panels, strict=True):
+        for (b, history), col in zip(tracked, colors, strict=False):
+            pts = [(h["epoch"], h[key]) for h in history if key in h]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), "o-", ms=3, color=col, label=f"B={b}")
+        ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(title="batch size", fontsize=8)
+    n = config.track.num_samples
+    fig.suptitle(f"{config.name}: Fig. 4, during training (Hessian, gradient on {n} train samples)")
+    fig.tight_layout()
+    path = folder / "fig4_training.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 # ----------------------------------------------------------------------------- the sweep
@@ -507,6 +613,7 @@ def run_sweep(config, workdir: str | os.PathLike | None = None, analyze_only: bo
         record = dict(runs.get(name, {}), batch_size=b, seed=s)
         if not analyze_only:
             record.update(status=status, epochs=epochs, train_seconds=time.perf_counter() - tic)
+            record["history"] = read_history(run_dir / "metrics.jsonl")
         if record.get("status") == "diverged":
             _log(f"  {name} diverged; recorded and skipped")
         else:

@@ -1,4 +1,5 @@
 """ml_collections configs: ``get_config(arg)`` with ``arg`` in {"paper", "cpu", "smoke"}.
 
-Each file is self-contained (config_flags loads it by path, not as a package module).
+``sweep_base`` holds the batch sweep's shared skeleton; config_flags loads a config file by path,
+so the experiment scripts put the repository root on ``sys.path`` for that import to work.
 """

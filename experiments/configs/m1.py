@@ -1,68 +1,37 @@
-"""M1 / MNIST batch-size sweep (PAPER.md Table 7; Figs. 1-3 for MNIST).
+"""M1 / MNIST batch-size sweep (PAPER.md Table 7; Figs. 1-4 for MNIST).
 
 ``--config=experiments/configs/m1.py:SCALE`` with SCALE in {paper (default), cpu, smoke}.
 
 * paper: the authors' recipe on the full data sets: SGD lr 0.01, momentum 0.9, lr halved every 5
   epochs, 100 epochs (or train loss <= 0.001), batch sizes 64..2048, 3 seeds; top-20 eigenvalues of
   the Hessian of the whole train / test loss; input Hessian and FGSM on every sample.
-* cpu: what fits a 2-core CPU in about an hour: 5,000 training and 1,000 test images, 8 epochs
+* cpu: what fits a 2-core CPU in about 20 minutes: 5,000 training and 1,000 test images, 8 epochs
   with the lr halved every 2 (the schedule's shape kept), 5 batch sizes 32..512, one seed; the
-  weight Hessian on the first 1,000 samples of each split (top 10), the input Hessian / FGSM on 500.
+  weight Hessian on the first 1,000 samples of each split (top 10), the input Hessian / FGSM on
+  500, λ_max during training on 500.
 * smoke: a functional check in well under a minute: 256 / 128 images, 2 batch sizes, 1 epoch, k=3.
 """
 
-import ml_collections
-
-SCALES = ("paper", "cpu", "smoke")
+from experiments.configs import sweep_base
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    scale = arg or "paper"
-    if scale not in SCALES:
-        raise ValueError(f"unknown scale {scale!r} for m1; choose one of {SCALES}")
-    c = ml_collections.ConfigDict()
-    c.name = f"m1_{scale}"
-    c.scale = scale
-    c.dataset = "mnist"
-    c.model = "m1"
-    c.data_dir = None  # None: $HESSJAX_DATA_DIR, then tensorflow_datasets
-    c.train_limit = None  # None: the whole split
-    c.test_limit = None
-    c.batch_sizes = [64, 128, 256, 512, 1024, 2048]
-    # M1 has no BatchNorm, so micro-batching only bounds memory; batches smaller than it are one
-    # micro-batch (effective micro-batch = min(batch, micro_batch_size)).
-    c.micro_batch_size = 128
-    c.num_seeds = 3
-    c.lr = 0.01
-    c.momentum = 0.9
-    c.schedule = "step"
-    c.lr_decay_epochs = list(range(5, 100, 5))  # halved every 5 epochs
-    c.lr_decay_factor = 0.5
-    c.num_epochs = 100
-    c.target_loss = 0.001
-    c.eval_batch_size = 1000
-
-    c.hessian = ml_collections.ConfigDict()
-    c.hessian.num_samples = None  # None: the whole train (test) subset, as in the paper
-    c.hessian.batch_size = 1000  # samples per HVP evaluation (memory knob only)
-    c.hessian.k = 20
-    c.hessian.method = "lanczos"  # or "power" (the paper's deflated power iteration)
-    c.hessian.tol = 1e-4
-    c.hessian.max_matvecs = None  # None: hessjax.eigen.default_max_matvecs
-
-    c.input_hessian = ml_collections.ConfigDict()
-    c.input_hessian.num_samples = None  # also the FGSM evaluation set; None: the whole subset
-    c.input_hessian.batch_size = 500
-
-    c.fgsm_eps = [0.2, 0.1]  # eps1, eps2 in normalised MNIST units (PAPER.md [choice])
-
-    c.landscape = ml_collections.ConfigDict()
-    c.landscape.t_min = -0.5
-    c.landscape.t_max = 0.5
-    c.landscape.num_points = 41  # Fig. 2: points along the top eigenvector
-    c.landscape.grid = 21  # Fig. 3: grid x grid points on the plane of v1, v2
-    c.landscape.num_samples = None  # samples for each landscape loss; None: hessian.num_samples
-
+def get_config(arg: str | None = None):
+    scale = sweep_base.check_scale(arg, "m1")
+    c = sweep_base.sweep_config(
+        "m1",
+        scale,
+        dataset="mnist",
+        model="m1",
+        batch_sizes=[64, 128, 256, 512, 1024, 2048],
+        lr=0.01,
+        lr_decay_epochs=list(range(5, 100, 5)),  # halved every 5 epochs
+        lr_decay_factor=0.5,
+        num_epochs=100,
+        fgsm_eps=[0.2, 0.1],  # normalised MNIST units (PAPER.md [choice])
+        hessian_batch_size=1000,
+        input_batch_size=500,
+    )
+    # M1 has no BatchNorm: micro-batching only bounds memory.
     if scale == "cpu":
         c.train_limit, c.test_limit = 5000, 1000
         c.batch_sizes = [32, 64, 128, 256, 512]
@@ -74,22 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.input_hessian.num_samples = 500
         c.landscape.num_points = 21
         c.landscape.grid = 11
+        c.track.num_samples = 500
     elif scale == "smoke":
-        c.train_limit, c.test_limit = 256, 128
-        c.batch_sizes = [32, 128]
-        c.micro_batch_size = 32
-        c.num_seeds = 1
-        c.num_epochs = 1
-        c.lr_decay_epochs = []
-        c.eval_batch_size = 128
-        c.hessian.num_samples = 128
-        c.hessian.batch_size = 128
-        c.hessian.k = 3
-        c.hessian.tol = 1e-2
-        c.hessian.max_matvecs = 24
-        c.input_hessian.num_samples = 64
-        c.input_hessian.batch_size = 64
-        c.landscape.num_points = 5
-        c.landscape.grid = 3
-        c.landscape.num_samples = 64
+        sweep_base.smoke(c)
     return c
