@@ -25,6 +25,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
 
 import hessjax
 from hessjax import data as hdata
@@ -59,9 +60,24 @@ def effective_micro_batch(config, batch_size: int) -> int:
     return min(int(batch_size), int(config.micro_batch_size or batch_size))
 
 
+def make_mesh(config) -> Mesh | None:
+    """A 1-D ``Mesh`` over every device (axis ``"data"``) when ``config.data_parallel`` and there
+    is more than one device; else None. Training micro-batches, evaluation batches and the weight
+    Hessian's batches are split over it (per-sample input analyses and attacks stay on one)."""
+    devices = jax.devices()
+    if not config.data_parallel or len(devices) == 1:
+        return None
+    return Mesh(np.array(devices), ("data",))
+
+
+def _num_devices(config) -> int:
+    return jax.device_count() if config.data_parallel else 1
+
+
 def validate(config, workdir: str | os.PathLike | None = None) -> None:
     """Raise one ``ValueError`` listing every problem with ``config`` (and the workdir)."""
     errors = []
+    devices = _num_devices(config)
     if config.dataset not in hdata.DATASETS:
         errors.append(f"unknown dataset {config.dataset!r}; valid: {', '.join(hdata.DATASETS)}")
     try:
@@ -88,6 +104,11 @@ def validate(config, workdir: str | os.PathLike | None = None) -> None:
                 f"batch size {b} is not divisible by micro_batch_size={config.micro_batch_size}; "
                 f"use multiples of {config.micro_batch_size} (or a smaller micro_batch_size)"
             )
+        elif m % devices:
+            errors.append(
+                f"batch size {b}: micro-batches of {m} cannot be split over {devices} devices; "
+                f"use a micro_batch_size divisible by {devices} (or data_parallel=False)"
+            )
         if config.train_limit is not None and b > config.train_limit:
             errors.append(f"batch size {b} exceeds train_limit={config.train_limit}")
     if config.num_seeds < 1:
@@ -102,6 +123,13 @@ def validate(config, workdir: str | os.PathLike | None = None) -> None:
         )
     if config.hessian.method not in ("lanczos", "power"):
         errors.append(f"hessian.method must be 'lanczos' or 'power', got {config.hessian.method!r}")
+    for what, n in (("hessian", config.hessian.num_samples), ("track", config.track.num_samples)):
+        hessian_batch = min(config.hessian.batch_size, n or config.hessian.batch_size)
+        if hessian_batch % devices:
+            errors.append(
+                f"{what}: Hessian batches of {hessian_batch} samples cannot be split over "
+                f"{devices} devices; use hessian.batch_size / {what}.num_samples divisible by it"
+            )
     if config.hessian.tol <= 0:
         errors.append(f"hessian.tol must be positive, got {config.hessian.tol}")
     if config.track.every < 0 or config.track.tol <= 0 or config.track.max_matvecs < 1:
@@ -180,7 +208,7 @@ def _hessian_subset(x, y, num_samples):
     return x[:num_samples], y[:num_samples]
 
 
-def tracker(config, model, data, seed: int):
+def tracker(config, model, data, seed: int, mesh: Mesh | None = None):
     """Fig. 4's per-epoch measurement as a :func:`hessjax.train.fit` callback, or None if off:
     ``{"lambda_max": λ_max(∇²L), "grad_norm": ‖∇L‖}`` of the loss on the first
     ``track.num_samples`` training samples (BN in inference mode), Lanczos k=1 to ``track.tol``."""
@@ -196,7 +224,7 @@ def tracker(config, model, data, seed: int):
         variables = htrain.state_variables(state)
         params = variables["params"]
         loss_fn = hessjax.make_loss_fn(model.apply, variables)
-        op = hessjax.hessian_operator(loss_fn, params, (xh, yh), batch_size=batch)
+        op = hessjax.hessian_operator(loss_fn, params, (xh, yh), batch_size=batch, mesh=mesh)
         key = jax.random.fold_in(jax.random.key(seed), 1000 + epoch)
         eig = hessjax.eigenvalues(op, params, k=1, tol=tc.tol, max_matvecs=tc.max_matvecs, key=key)
         return {
@@ -227,7 +255,7 @@ def train_run(config, data, batch_size: int, seed: int, run_dir: pathlib.Path, t
     returns at once). Per-epoch records (with Fig. 4's λ_max and gradient norm when
     ``config.track.every``) go to ``run_dir/metrics.jsonl``.
     """
-    model = get_model(config.model)
+    model, mesh = get_model(config.model), make_mesh(config)
     x, y = data["train"]
     steps_per_epoch = len(y) // batch_size
     bounds = htrain.epochs_to_steps(config.lr_decay_epochs, config.lr_decay_factor, steps_per_epoch)
@@ -242,6 +270,7 @@ def train_run(config, data, batch_size: int, seed: int, run_dir: pathlib.Path, t
         tx,
         micro_batch_size=effective_micro_batch(config, batch_size),
         augment=hdata.augment_cifar if config.augment else None,
+        mesh=mesh,
     )
     ckpt = run_dir / "ckpt"
     if not train and not (ckpt.is_dir() and any(ckpt.iterdir())):
@@ -258,7 +287,7 @@ def train_run(config, data, batch_size: int, seed: int, run_dir: pathlib.Path, t
         eval_batch_size=config.eval_batch_size,
         workdir=ckpt,
         metrics_file=run_dir / "metrics.jsonl",
-        callback=tracker(config, model, data, seed) if train else None,
+        callback=tracker(config, model, data, seed, mesh) if train else None,
         verbose=True,
     )
     return model, htrain.state_variables(result.state), result.status, result.epoch
@@ -279,7 +308,7 @@ def _axpy(params, vectors, coeffs):
 
 def analyze(config, model, variables, data, seed: int, run_dir: pathlib.Path) -> dict:
     """Every measurement of one trained model on the train and test subsets (PAPER.md Table 1)."""
-    apply_fn = model.apply
+    apply_fn, mesh = model.apply, make_mesh(config)
     params = variables["params"]
     loss_fn = hessjax.make_loss_fn(apply_fn, variables)
     clip = hdata.input_range(config.dataset)
@@ -288,12 +317,12 @@ def analyze(config, model, variables, data, seed: int, run_dir: pathlib.Path) ->
     for i, split in enumerate(("train", "test")):
         tic = time.perf_counter()
         x, y = data[split]
-        loss, acc = htrain.evaluate(apply_fn, variables, x, y, config.eval_batch_size)
+        loss, acc = htrain.evaluate(apply_fn, variables, x, y, config.eval_batch_size, mesh=mesh)
         r = {"loss": loss, "accuracy": acc}
 
         xh, yh = _hessian_subset(x, y, hc.num_samples)
         op = hessjax.hessian_operator(
-            loss_fn, params, (xh, yh), batch_size=min(hc.batch_size, len(yh))
+            loss_fn, params, (xh, yh), batch_size=min(hc.batch_size, len(yh)), mesh=mesh
         )
         eig = hessjax.eigenvalues(
             op,
@@ -334,7 +363,7 @@ def analyze(config, model, variables, data, seed: int, run_dir: pathlib.Path) ->
         nl = lc.num_samples or hc.num_samples
         xl, yl = x[:nl], y[:nl]
         ev = lambda p, xl=xl, yl=yl: htrain.evaluate(
-            apply_fn, {**variables, "params": p}, xl, yl, config.eval_batch_size
+            apply_fn, {**variables, "params": p}, xl, yl, config.eval_batch_size, mesh=mesh
         )[0]
         ts = np.linspace(lc.t_min, lc.t_max, lc.num_points)
         r["landscape_1d"] = {

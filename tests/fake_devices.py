@@ -8,7 +8,9 @@ import sys
 def run_on_fake_devices(script: str, num_devices: int, timeout: int = 300) -> None:
     """Run ``script`` with ``num_devices`` host devices; it must print MESH_OK on success."""
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}")
-    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__), env.get("PYTHONPATH", "")])
+    tests = os.path.dirname(os.path.abspath(__file__))  # tests/ and the repository root
+    paths = [tests, os.path.dirname(tests), env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
     out = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=timeout
     )

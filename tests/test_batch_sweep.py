@@ -153,3 +153,35 @@ def test_cifar_smoke_sweeps_end_to_end(module, data_dir, tmp_path):
         assert len(run["history"]) == config.num_epochs and "lambda_max" in run["history"][0]
         assert len(run["test"]["eigenvalues"]) == config.hessian.k
     assert (tmp_path / "run" / "figures" / "fig4_training.png").exists()
+
+
+MESH_SWEEP_SCRIPT = """
+import jax
+from experiments import batch_sweep
+from experiments.configs import m1
+
+config = m1.get_config("smoke")
+mesh = batch_sweep.make_mesh(config)
+assert mesh is not None and mesh.size == 4, mesh
+batch_sweep.validate(config)  # micro-batches of 32 split over 4 devices
+config.micro_batch_size = 30
+config.batch_sizes = [30, 90]
+config.hessian.batch_size = 30
+try:
+    batch_sweep.validate(config)
+except ValueError as e:
+    msg = str(e)
+    assert "cannot be split over 4 devices" in msg and "Hessian batches of 30" in msg, msg
+else:
+    raise AssertionError("no error")
+config.data_parallel = False
+batch_sweep.validate(config)
+assert batch_sweep.make_mesh(config) is None
+print("MESH_OK")
+"""
+
+
+def test_sweep_uses_every_device_and_checks_divisibility():
+    from fake_devices import run_on_fake_devices
+
+    run_on_fake_devices(MESH_SWEEP_SCRIPT, 4, timeout=120)

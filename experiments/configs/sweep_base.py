@@ -56,6 +56,7 @@ def sweep_config(
     c.lr_decay_factor = lr_decay_factor
     c.num_epochs = num_epochs
     c.target_loss = 0.001  # stop once the full training loss is <= this (PAPER.md)
+    c.data_parallel = True  # split batches over all devices when there are several
     c.augment = False  # random crop (pad 4) + horizontal flip of every training micro-batch
     c.eval_batch_size = 1000
 
