@@ -499,6 +499,7 @@ def write_figures(config, results: dict, folder: pathlib.Path) -> list[pathlib.P
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     folder.mkdir(parents=True, exist_ok=True)
     models = results["models"]
@@ -551,6 +552,7 @@ def write_figures(config, results: dict, folder: pathlib.Path) -> list[pathlib.P
         else:
             ax.set_yscale("symlog", linthresh=1e-2)
         ax.axhline(0, color="k", lw=0.6)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, title="model", title_fontsize=7)
     fig.suptitle(f"{config.name}: top-{config.hessian.k} Hessian spectra (Fig. 6 / 12)")
