@@ -117,7 +117,7 @@ def test_c3_robust_smoke_end_to_end(data_dir, tmp_path):
     config.hessian.subsample_sizes = []
     config.interpolation.num_samples = 32
     results = robust_exp.run_robust(config, tmp_path / "c3")
-    assert set(results["models"]) == {"original", "fgsm10"}
+    assert set(results["models"]) == {"original", "fgsm"}
     assert "| FGSM |" in (tmp_path / "c3" / "table.md").read_text()
 
 
