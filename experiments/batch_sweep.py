@@ -505,10 +505,10 @@ def _first_seed_runs(config, runs: dict) -> list[tuple[int, dict]]:
 
 
 def write_figures(config, results: dict, folder: pathlib.Path) -> list[pathlib.Path]:
-    """Fig. 1 (spectra), Fig. 2 (1-D landscapes), Fig. 3 (2-D contours) as PNGs; first seed."""
+    """Fig. 1 (spectra), Fig. 2 (1-D landscapes), Fig. 3 (2-D contours), Fig. 4 (training) as
+    PNGs; first seed. The matplotlib backend is left alone (headless machines fall back to Agg;
+    in a notebook the inline backend keeps working), and every figure is closed after saving."""
     import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker  # noqa: F401  (used as matplotlib.ticker)
 

@@ -74,51 +74,75 @@ def _top_ritz_pairs(state, k):
     return values[::-1][:k], ritz_vectors, residuals
 
 
-def _lanczos_top_k(mv, v0, key, k, tol, num_steps, host):
-    def update(carry, w):
-        state = lanczos.absorb(carry[0], w, key)
-        return state, _lanczos_converged(state, k, tol, num_steps)
+# The solvers' loop pieces are module-level functions (built once per static ``k``) and every
+# other setting travels in the carry, so with host loops :func:`hessjax.loops.matvec_loop`
+# compiles them once per shape, not once per ``eigenvalues`` call.
 
-    state, converged = loops.matvec_loop(
-        mv,
-        lambda c: lanczos.current(c[0]),
-        update,
-        lambda c: (~c[1]) & (c[0].step < num_steps),
-        (lanczos.init(v0, num_steps), jnp.zeros((), bool)),
-        host=host,
+
+def _lanczos_prepare(carry):
+    return lanczos.current(carry[0])
+
+
+def _lanczos_continue(carry):
+    state, converged = carry[0], carry[1]
+    return (~converged) & (state.step < state.alphas.shape[0])
+
+
+@functools.cache
+def _lanczos_update(k: int):
+    def update(carry, w):
+        state, _, key, tol = carry
+        state = lanczos.absorb(state, w, key)
+        return state, _lanczos_converged(state, k, tol, state.alphas.shape[0]), key, tol
+
+    return update
+
+
+def _lanczos_top_k(mv, v0, key, k, tol, num_steps, host):
+    carry = (lanczos.init(v0, num_steps), jnp.zeros((), bool), key, jnp.asarray(tol, v0.dtype))
+    state, converged, _, _ = loops.matvec_loop(
+        mv, _lanczos_prepare, _lanczos_update(k), _lanczos_continue, carry, host=host
     )
     values, vectors, residuals = _top_ritz_pairs(state, k)
     return values, vectors, residuals, state.step, converged
 
 
+def _deflate(found, w):
+    return _unit(lanczos._orthogonalize(found, w))
+
+
+def _power_prepare(carry):
+    return carry[1]["v"]
+
+
+def _power_continue(carry):
+    s = carry[1]
+    return (~s["done"]) & (s["it"] < s["max_iters"])
+
+
+def _power_update(carry, hv):
+    found, s = carry
+    lam = jnp.vdot(s["v"], hv)
+    converged = (s["it"] > 0) & (jnp.abs(lam - s["lam"]) <= s["tol"] * jnp.abs(s["lam"]))
+    hv_norm = jnp.linalg.norm(hv)  # Hv = 0: v spans the null space, λ = 0 is exact
+    nxt = jnp.where(hv_norm > 0, hv / jnp.where(hv_norm > 0, hv_norm, 1), s["v"])
+    done = converged | (hv_norm == 0)
+    s = dict(s, v=_deflate(found, nxt), rq_v=s["v"], hv=hv, lam=lam, it=s["it"] + 1, done=done)
+    return found, s
+
+
 def _power_pair(mv, found, i, key, tol, max_iters, host):
     """Eigenpair i by power iteration, orthonormalising each iterate against ``found`` rows."""
-    deflate = lambda found, w: _unit(lanczos._orthogonalize(found, w))
-
-    def update(c, hv):
-        found, s = c
-        lam = jnp.vdot(s["v"], hv)
-        converged = (s["it"] > 0) & (jnp.abs(lam - s["lam"]) <= tol * jnp.abs(s["lam"]))
-        hv_norm = jnp.linalg.norm(hv)  # Hv = 0: v spans the null space, λ = 0 is exact
-        nxt = jnp.where(hv_norm > 0, hv / jnp.where(hv_norm > 0, hv_norm, 1), s["v"])
-        done = converged | (hv_norm == 0)
-        s = dict(v=deflate(found, nxt), rq_v=s["v"], hv=hv, lam=lam, it=s["it"] + 1, done=done)
-        return found, s
-
     n, dtype = found.shape[1], found.dtype
     start = jax.random.normal(jax.random.fold_in(key, i), (n,), dtype)
     zero = lambda shape, dt=dtype: jnp.zeros(shape, dt)  # distinct buffers (donated carry)
     s = dict(
-        v=deflate(found, start), rq_v=zero(n), hv=zero(n), lam=zero(()), it=zero((), jnp.int32)
+        v=_deflate(found, start), rq_v=zero(n), hv=zero(n), lam=zero(()), it=zero((), jnp.int32)
     )
-    s["done"] = zero((), bool)
+    s.update(done=zero((), bool), tol=jnp.asarray(tol, dtype))
+    s["max_iters"] = jnp.asarray(max_iters, jnp.int32)
     found, s = loops.matvec_loop(
-        mv,
-        lambda c: c[1]["v"],
-        update,
-        lambda c: (~c[1]["done"]) & (c[1]["it"] < max_iters),
-        (found, s),
-        host=host,
+        mv, _power_prepare, _power_update, _power_continue, (found, s), host=host
     )
     residual = jnp.linalg.norm(s["hv"] - s["lam"] * s["rq_v"])
     return found, s["rq_v"], s["lam"], residual, s["it"], s["done"]
