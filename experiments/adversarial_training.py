@@ -477,15 +477,14 @@ def write_table(config, results: dict, path: pathlib.Path) -> None:
             f"({', '.join(flat) or 'none'}).",
         ]
     if 1 in sizes and names:
-        neg = sum(
-            any(v < 0 for v in r.get("bottom_eigenvalues", r["eigenvalues"]))
-            for n in names
-            for r in models[n]["hessian"]["subsampled"]["1"]
-        )
-        total = sum(len(models[n]["hessian"]["subsampled"]["1"]) for n in names)
+        ones = [r for n in names for r in models[n]["hessian"]["subsampled"]["1"]]
+        neg = [r for r in ones if any(v < 0 for v in r.get("bottom_eigenvalues", r["eigenvalues"]))]
+        moving = [r for r in neg if r["grad_norm"] > 0]
+        smallest = min((r["grad_norm"] for r in neg), default=float("nan"))
         lines.append(
-            f"b_H = 1: {neg}/{total} single-sample Hessians have a negative eigenvalue, every one "
-            "at a non-zero gradient (column ‖∇ℓ‖): not a saddle point."
+            f"b_H = 1: {len(neg)}/{len(ones)} single-sample Hessians have a negative eigenvalue; "
+            f"{len(moving)} of them at a non-zero gradient (smallest ‖∇ℓ‖ {smallest:.3g}): "
+            "curvature of both signs, and not a saddle point."
         )
     path.write_text("\n".join(lines) + "\n")
 
