@@ -292,8 +292,10 @@ def write_figure(config, results: dict, folder: pathlib.Path) -> list[pathlib.Pa
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     runs = results["runs"]
+    handles = []
     folder.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     bs = list(config.batch_sizes)
@@ -305,7 +307,8 @@ def write_figure(config, results: dict, folder: pathlib.Path) -> list[pathlib.Pa
             accs.append(r.get("test_accuracy", np.nan))
             hatches.append(r.get("status") == "diverged")
         pos = np.arange(len(bs)) + (i - (len(config.methods) - 1) / 2) * width
-        bars = ax.bar(pos, accs, width, label=TITLES[m])
+        bars = ax.bar(pos, accs, width)
+        handles.append(Patch(facecolor=bars.patches[0].get_facecolor(), label=TITLES[m]))
         for bar, div in zip(bars, hatches, strict=True):
             if div:
                 bar.set_hatch("//")
@@ -322,7 +325,8 @@ def write_figure(config, results: dict, folder: pathlib.Path) -> list[pathlib.Pa
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1)
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    handles.append(Patch(facecolor="white", edgecolor="k", hatch="//", label="diverged"))
+    ax.legend(handles=handles, fontsize=8)
     ax.set_title(f"{config.name}: Table 8 (hatched: diverged)", fontsize=10)
     fig.tight_layout()
     path = folder / "table8.png"
