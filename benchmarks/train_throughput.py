@@ -1,0 +1,578 @@
+"""Training-step throughput (examples/s) of hessjax's TrainStep against an equivalent PyTorch loop.
+
+M1 (MNIST) and C1 (CIFAR-10), float32, on CPU, at global batches 128 and 4,096 (``--batch-sizes``)
+made of micro-batches of 128 (``--micro-batch-size``), as the paper trains every batch size:
+
+* **hessjax**: ``hessjax.train.TrainStep(model.apply, make_optimizer(lr, 0.9, "constant"),
+  micro_batch_size=128, host_loops=True)`` -- the CPU default: a Python loop calls one compiled,
+  donated ``accumulate`` per micro-batch (BatchNorm in training mode with the micro-batch's own
+  statistics, running statistics updated one micro-batch after the other, gradients summed),
+  then one compiled ``apply_update`` (mean gradient, SGD + momentum). Inputs are numpy arrays in
+  memory; each micro-batch is ``jax.device_put`` inside the step, as in ``hessjax.train.fit``.
+* **PyTorch**: the twin of benchmarks/torch_models.py (same initial weights, ``model.train()``),
+  ``torch.optim.SGD(lr, momentum=0.9)``; per step ``zero_grad``, then per micro-batch a forward
+  pass, ``(loss / M).backward()`` (gradient accumulation), the loss and correct count kept as
+  tensors (hessjax returns both too), then ``optimizer.step()``. Inputs are NCHW torch tensors
+  in memory (micro-batches are views).
+* context: the same hessjax step as one compiled program, ``lax.scan`` over the micro-batches
+  (``host_loops=False``, the GPU/TPU default; ``HESSJAX_HOST_LOOPS=0``). XLA:CPU runs
+  convolutions inside loop bodies far slower than at top level (BUILD_NOTES.md), so on CPU it is
+  timed with few samples, and skipped (with an estimate ``M ×`` its batch-128 step time) when
+  that estimate exceeds ``--scan-max-seconds``.
+
+Equivalence, checked once per (model, batch) on the first step from the same weights on the same
+batch: relative L2 difference of the updated parameters, of the update ``θ₁ − θ₀`` itself, of the
+loss, and (C1) of the BatchNorm running statistics (PyTorch's running variance uses the unbiased
+batch variance, Flax the biased one: a relative difference ~1e-5 there is that convention).
+
+Timing: the first call is reported separately (hessjax: includes compilation). Then ``--repeats``
+rounds (``--large-repeats`` for batches >= ``--large-batch``); in each round hessjax and PyTorch
+each run ``k`` consecutive steps on successive batches of the first ``max(batch sizes)`` training
+images (order alternates per round; JAX is waited for at the end of the ``k`` steps), with ``k``
+chosen so a sample lasts about ``--sample-seconds``. Throughput = batch / (seconds per step); the
+ratio hessjax / PyTorch is the median over rounds of the per-round ratio (paired, so the shared
+machine's slow phases cancel). ``--breakdown`` adds per-layer convolution timings (forward,
+input gradient, kernel gradient; XLA vs PyTorch) that explain where the C1 time goes.
+
+    python -m benchmarks.train_throughput                       # defaults, ~10 min on 2 cores
+    python -m benchmarks.train_throughput --models m1 --batch-sizes 128,1024 --repeats 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import jax
+import numpy as np
+
+import hessjax
+from benchmarks import common
+from hessjax import models, train
+
+DATASETS = {"m1": "mnist", "c1": "cifar10"}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--models", default="m1,c1", help="comma-separated: m1, c1")
+    p.add_argument("--batch-sizes", default="128,4096", help="comma-separated global batches")
+    p.add_argument("--micro-batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (momentum 0.9)")
+    p.add_argument("--repeats", type=int, default=9, help="timing rounds (median over rounds)")
+    p.add_argument("--large-repeats", type=int, default=3, help="rounds for large batches")
+    p.add_argument("--large-batch", type=int, default=1024, help="'large' from this batch on")
+    p.add_argument("--sample-seconds", type=float, default=0.5, help="target seconds per sample")
+    p.add_argument("--scan-repeats", type=int, default=2, help="lax.scan samples (at most)")
+    p.add_argument(
+        "--scan-budget", type=float, default=60.0, help="fewer lax.scan samples past this (s)"
+    )
+    p.add_argument(
+        "--scan-max-seconds",
+        type=float,
+        default=30.0,
+        help="skip lax.scan when its estimated step time exceeds this (s)",
+    )
+    p.add_argument("--no-scan", action="store_true", help="skip the lax.scan context column")
+    p.add_argument("--breakdown", action="store_true", help="per-layer conv timings, XLA vs torch")
+    p.add_argument("--breakdown-repeats", type=int, default=7)
+    p.add_argument("--torch-threads", type=int, default=None, help="default: all cores")
+    p.add_argument("--data-dir", default=common.DEFAULT_DATA_DIR)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="train_throughput", help="results/<out>.{json,md}")
+    return p.parse_args(argv)
+
+
+def _np_tree(tree):
+    """A host copy (the step donates its input state, so no views of device buffers)."""
+    return jax.tree_util.tree_map(lambda a: np.array(a, np.float64, copy=True), tree)
+
+
+def _trace(opt_state):
+    """The momentum buffer of a ``make_optimizer`` state (after step 1: the mean gradient)."""
+    return opt_state.inner_state[0].trace
+
+
+def _tree_sub(a, b):
+    return jax.tree_util.tree_map(lambda u, v: np.asarray(u, np.float64) - v, a, b)
+
+
+class TorchLoop:
+    """The PyTorch training step: micro-batch gradient accumulation, then SGD + momentum."""
+
+    def __init__(self, name, variables, lr, micro):
+        import torch
+
+        from benchmarks import torch_models
+
+        self.torch = torch
+        self.model = torch_models.from_flax(name, variables).train()
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=0.9)
+        self.micro = micro
+
+    def __call__(self, x, y):
+        torch, f = self.torch, self.torch.nn.functional
+        num_micro, m = len(y) // self.micro, self.micro
+        self.opt.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros(())
+        correct = torch.zeros((), dtype=torch.long)
+        for j in range(num_micro):
+            xm, ym = x[j * m : (j + 1) * m], y[j * m : (j + 1) * m]
+            logits = self.model(xm)
+            loss = f.cross_entropy(logits, ym)
+            (loss / num_micro).backward()
+            loss_sum += loss.detach()
+            correct += (logits.detach().argmax(1) == ym).sum()
+        self.opt.step()
+        return loss_sum / num_micro, correct.double() / len(y)
+
+    def momentum_buffers(self, name):
+        """The momentum buffers (after the first step: the mean gradient) in Flax layout."""
+        from benchmarks import torch_models
+
+        named = dict(self.model.named_parameters())
+        bufs = {n: self.opt.state[p]["momentum_buffer"] for n, p in named.items()}
+        return torch_models.torch_to_params(name, bufs)
+
+    def params(self, name):
+        from benchmarks import torch_models
+
+        return torch_models.torch_to_params(name, dict(self.model.named_parameters()))
+
+    def batch_stats(self):
+        """Running statistics in Flax naming (C1: BatchNorm_0/1), {} for M1."""
+        out = {}
+        for i, bn in enumerate(m for m in self.model.modules() if hasattr(m, "running_var")):
+            out[f"BatchNorm_{i}"] = {
+                "mean": bn.running_mean.numpy().copy(),
+                "var": bn.running_var.numpy().copy(),
+            }
+        return out
+
+
+class JaxLoop:
+    """hessjax's step with its state threaded through calls (the step donates the state)."""
+
+    def __init__(self, model, variables, tx, micro, seed, host_loops):
+        self.step = train.TrainStep(model.apply, tx, micro_batch_size=micro, host_loops=host_loops)
+        self.state = train.init_state(variables, tx, seed)
+
+    def __call__(self, x, y):
+        self.state, metrics = self.step(self.state, x, y)
+        return self.state, metrics
+
+
+def _runner(step_fn, batches, wait):
+    """``run(k)``: ``k`` steps on successive batches, then wait for the result."""
+    cursor = [0]
+
+    def run(k):
+        out = None
+        for _ in range(k):
+            out = step_fn(*batches[cursor[0] % len(batches)])
+            cursor[0] += 1
+        wait(out)
+
+    return run
+
+
+def _seconds_per_step(run, k):
+    start = time.perf_counter()
+    run(k)
+    return (time.perf_counter() - start) / k
+
+
+def bench_config(name, batch, args, data, scan_step_128):
+    import torch
+
+    m = args.micro_batch_size
+    num_micro = batch // m
+    if batch % m:
+        raise SystemExit(f"batch {batch} is not a multiple of the micro-batch {m}")
+    x, y = data
+    model = models.get(name)
+    variables = models.init(model, jax.random.key(args.seed))
+    tx = train.make_optimizer(args.lr, 0.9, "constant")
+    starts = range(0, len(y) - batch + 1, batch)
+    batches = [(x[s : s + batch], y[s : s + batch]) for s in starts]
+    from benchmarks import torch_models
+
+    xt, yt = torch_models.to_nchw(x), torch.from_numpy(np.asarray(y, np.int64))
+    tbatches = [(xt[s : s + batch], yt[s : s + batch]) for s in starts]
+
+    p0 = _np_tree(variables["params"])
+    s0 = _np_tree(variables.get("batch_stats", {}))
+    host = JaxLoop(model, variables, tx, m, args.seed, host_loops=True)
+    tloop = TorchLoop(name, variables, args.lr, m)
+
+    # First calls (hessjax: compilation included), on the same batch from the same weights.
+    first = {}
+    first["hessjax"], (_, jm) = common.timed(lambda: host(*batches[0]))
+    jp = _np_tree(host.state.params)
+    js = _np_tree(host.state.batch_stats)
+    first["torch"], tm = common.timed(lambda: tloop(*tbatches[0]))
+    tp, ts = tloop.params(name), tloop.batch_stats()
+    jg = _np_tree(_trace(host.state.opt_state))
+    checks = {
+        "params_rel_l2": common.rel_diff(tp, jp),
+        "mean_gradient_rel_l2": common.rel_diff(tloop.momentum_buffers(name), jg),
+        "update_rel_l2": common.rel_diff(_tree_sub(tp, p0), _tree_sub(jp, p0)),
+        "loss_jax": float(jm["loss"]),
+        "loss_torch": float(tm[0]),
+        "loss_abs_diff": abs(float(jm["loss"]) - float(tm[0])),
+        "accuracy_jax": float(jm["accuracy"]),
+        "accuracy_torch": float(tm[1]),
+    }
+    if js:
+        mean = lambda t: {k: v["mean"] for k, v in t.items()}
+        var = lambda t: {k: v["var"] for k, v in t.items()}
+        checks["running_mean_rel_l2"] = common.rel_diff(mean(ts), mean(js))
+        checks["running_var_rel_l2"] = common.rel_diff(var(ts), var(js))
+        checks["running_mean_change_rel_l2"] = common.rel_diff(
+            _tree_sub(mean(ts), mean(s0)), _tree_sub(mean(js), mean(s0))
+        )
+        checks["running_var_change_rel_l2"] = common.rel_diff(
+            _tree_sub(var(ts), var(s0)), _tree_sub(var(js), var(s0))
+        )
+
+    run_jax = _runner(host, batches, common.block)
+    run_torch = _runner(tloop, tbatches, lambda out: None)
+    # Steps per sample from PyTorch's first call (no compilation there).
+    k = max(1, round(args.sample_seconds / first["torch"]))
+    if first["torch"] * k < 2.0:  # one untimed step each, when cheap
+        run_jax(1)
+        run_torch(1)
+
+    # lax.scan context: skipped when its estimated step time is too long.
+    scan = {"ran": False}
+    if not args.no_scan:
+        est = None if scan_step_128 is None else scan_step_128 * num_micro
+        scan["estimated_seconds_per_step"] = est
+        if est is not None and batch != m and est > args.scan_max_seconds:
+            scan["skipped"] = f"estimated {est:.0f} s/step > --scan-max-seconds"
+        else:
+            sloop = JaxLoop(model, variables, tx, m, args.seed, host_loops=False)
+            scan["first_call_seconds"], _ = common.timed(lambda: sloop(*batches[0]))
+            checks["scan_vs_host_mean_gradient_rel_l2"] = common.rel_diff(
+                _np_tree(_trace(sloop.state.opt_state)), jg
+            )
+            run_scan = _runner(sloop, batches, common.block)
+            budget_samples = int(args.scan_budget // scan["first_call_seconds"])
+            scan["ran"] = True
+            scan["samples"] = max(1, min(args.scan_repeats, budget_samples))
+            scan["samples_seconds"] = []
+
+    large = batch >= args.large_batch
+    repeats = args.large_repeats if large else args.repeats
+    samples = {"hessjax": [], "torch": []}
+    for r in range(repeats):
+        order = [("hessjax", run_jax), ("torch", run_torch)]
+        for key, run in order if r % 2 == 0 else order[::-1]:
+            samples[key].append(_seconds_per_step(run, k))
+        if scan["ran"] and r < scan["samples"]:
+            scan["samples_seconds"].append(_seconds_per_step(run_scan, 1))
+
+    t_jax, t_torch = np.asarray(samples["hessjax"]), np.asarray(samples["torch"])
+    speed = t_torch / t_jax  # throughput ratio hessjax / PyTorch, per round
+    result = {
+        "model": name,
+        "data": DATASETS[name],
+        "batch_size": batch,
+        "micro_batch_size": m,
+        "num_micro_batches": num_micro,
+        "num_params": models.param_count(variables),
+        "distinct_batches_cycled": len(batches),
+        "rounds": repeats,
+        "steps_per_sample": k,
+        "samples_seconds_per_step": samples,
+        "median_seconds_per_step": {k_: common.median(v) for k_, v in samples.items()},
+        "examples_per_s": {k_: batch / common.median(v) for k_, v in samples.items()},
+        "ratio_hessjax_over_torch_throughput": {
+            "median": float(np.median(speed)),
+            "p25": float(np.percentile(speed, 25)),
+            "p75": float(np.percentile(speed, 75)),
+            "ratio_of_medians": common.median(t_torch) / common.median(t_jax),
+        },
+        "first_call_seconds": first,
+        "scan": scan,
+        "equivalence": checks,
+    }
+    if scan["ran"]:
+        ts_ = np.asarray(scan["samples_seconds"])
+        scan["median_seconds_per_step"] = common.median(ts_)
+        scan["examples_per_s"] = batch / common.median(ts_)
+        scan["ratio_scan_over_host_throughput_paired"] = float(np.median(t_jax[: len(ts_)] / ts_))
+    return result
+
+
+# ----------------------------------------------------------------------------- breakdown
+
+
+def _conv_layers(name):
+    """(label, batch input NHWC shape, features, kernel, stride, padding) of each conv."""
+    if name == "m1":
+        return [("conv1", (128, 28, 28, 1), 20, 5, 2, 2), ("conv2", (128, 14, 14, 20), 50, 5, 2, 2)]
+    return [("conv1", (128, 32, 32, 3), 64, 5, 1, 2), ("conv2", (128, 16, 16, 64), 64, 5, 1, 2)]
+
+
+def _conv_fns(rng, shape, feat, ks, stride, pad):
+    """Forward / input-VJP / kernel-VJP of one conv: jitted JAX (NHWC) and PyTorch (NCHW)."""
+    import jax.numpy as jnp
+    import torch
+
+    x = rng.standard_normal(shape, dtype=np.float32)
+    kern = rng.standard_normal((ks, ks, shape[-1], feat), dtype=np.float32) * 0.1
+
+    def conv(xx, kk):
+        return jax.lax.conv_general_dilated(
+            xx, kk, (stride, stride), [(pad, pad)] * 2, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+
+    xj, kj = jnp.asarray(x), jnp.asarray(kern)
+    out_shape = jax.eval_shape(conv, xj, kj).shape
+    gj = jnp.asarray(rng.standard_normal(out_shape, dtype=np.float32))
+    fwd = jax.jit(conv)
+    d_in = jax.jit(lambda xx, kk, g: jax.vjp(lambda a: conv(a, kk), xx)[1](g)[0])
+    d_k = jax.jit(lambda xx, kk, g: jax.vjp(lambda b: conv(xx, b), kk)[1](g)[0])
+    jfns = {
+        "forward": lambda: fwd(xj, kj),
+        "grad_input": lambda: d_in(xj, kj, gj),
+        "grad_kernel": lambda: d_k(xj, kj, gj),
+    }
+    nchw = lambda a: torch.from_numpy(np.ascontiguousarray(np.asarray(a).transpose(0, 3, 1, 2)))
+    xt, gt = nchw(x), nchw(gj)
+    kt = torch.from_numpy(np.ascontiguousarray(kern.transpose(3, 2, 0, 1)))
+    tconv, tgrad = torch.nn.functional.conv2d, torch.nn.grad
+    tfns = {
+        "forward": lambda: tconv(xt, kt, stride=stride, padding=pad),
+        "grad_input": lambda: tgrad.conv2d_input(xt.shape, kt, gt, stride=stride, padding=pad),
+        "grad_kernel": lambda: tgrad.conv2d_weight(xt, kt.shape, gt, stride=stride, padding=pad),
+    }
+    return jfns, tfns, out_shape
+
+
+def breakdown(name, args):
+    """Per-layer conv time at micro-batch 128: forward, d/d input, d/d kernel; XLA vs torch."""
+    rows = []
+    rng = np.random.default_rng(0)
+    for label, shape, feat, ks, stride, pad in _conv_layers(name):
+        jfns, tfns, out_shape = _conv_fns(rng, shape, feat, ks, stride, pad)
+        c = shape[-1]
+        for part in jfns:
+            common.block(jfns[part]())
+            tfns[part]()
+            tj, tt = [], []
+            for _ in range(args.breakdown_repeats):
+                tj.append(common.per_call(jfns[part], 2))
+                tt.append(common.per_call(tfns[part], 2))
+            flops = 2.0 * np.prod(out_shape) * ks * ks * c
+            rows.append(
+                {
+                    "model": name,
+                    "layer": label,
+                    "input_nhwc": list(shape),
+                    "features": feat,
+                    "part": part,
+                    "gflop": flops / 1e9,
+                    "xla_ms": 1e3 * common.median(tj),
+                    "torch_ms": 1e3 * common.median(tt),
+                    "xla_over_torch_time": float(np.median(np.asarray(tj) / np.asarray(tt))),
+                }
+            )
+            print(rows[-1], flush=True)
+    return rows
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def markdown(results, env, args, rows_breakdown):
+    headers = [
+        "model",
+        "batch (M × m)",
+        "hessjax ex/s",
+        "PyTorch ex/s",
+        "**hessjax / PyTorch** [IQR]",
+        "hessjax `lax.scan` ex/s (context)",
+        "1st call s: hessjax / torch / scan",
+        "rounds × steps",
+    ]
+    rows = []
+    for r in results:
+        q, s, f = r["ratio_hessjax_over_torch_throughput"], r["scan"], r["first_call_seconds"]
+        if s.get("ran"):
+            scan_cell = f"{s['examples_per_s']:.4g} (n={len(s['samples_seconds'])})"
+            scan_first = f"{s['first_call_seconds']:.1f}"
+        elif "skipped" in s:
+            scan_cell = f"not run (est. {r['batch_size'] / s['estimated_seconds_per_step']:.2g})"
+            scan_first = "—"
+        else:
+            scan_cell = scan_first = "—"
+        rows.append(
+            [
+                r["model"].upper(),
+                f"{r['batch_size']:,} ({r['num_micro_batches']} × {r['micro_batch_size']})",
+                f"{r['examples_per_s']['hessjax']:.4g}",
+                f"{r['examples_per_s']['torch']:.4g}",
+                f"**{q['median']:.2f}** [{q['p25']:.2f}, {q['p75']:.2f}]",
+                scan_cell,
+                f"{f['hessjax']:.2f} / {f['torch']:.2f} / {scan_first}",
+                f"{r['rounds']} × {r['steps_per_sample']}",
+            ]
+        )
+    eq_headers = [
+        "model",
+        "batch",
+        "θ₁ rel. diff",
+        "**mean gradient** rel. diff",
+        "θ₁−θ₀ rel. diff",
+        "|Δloss|",
+        "running mean / var rel. diff (change)",
+        "scan vs host gradient",
+    ]
+    eq_rows = []
+    for r in results:
+        e = r["equivalence"]
+        bn = (
+            f"{e['running_mean_rel_l2']:.1e} / {e['running_var_rel_l2']:.1e} "
+            f"({e['running_mean_change_rel_l2']:.1e} / {e['running_var_change_rel_l2']:.1e})"
+            if "running_mean_rel_l2" in e
+            else "— (no BN)"
+        )
+        sv = e.get("scan_vs_host_mean_gradient_rel_l2")
+        eq_rows.append(
+            [
+                r["model"].upper(),
+                f"{r['batch_size']:,}",
+                f"{e['params_rel_l2']:.1e}",
+                f"**{e['mean_gradient_rel_l2']:.1e}**",
+                f"{e['update_rel_l2']:.1e}",
+                f"{e['loss_abs_diff']:.1e}",
+                bn,
+                "—" if sv is None else f"{sv:.1e}",
+            ]
+        )
+    parts = [
+        "# Training-step throughput: hessjax TrainStep vs PyTorch (CPU, float32)",
+        "",
+        common.markdown_table(headers, rows),
+        "",
+        "Examples/s = batch / median seconds per step. **hessjax / PyTorch** = median over rounds "
+        "of the per-round throughput ratio ([IQR] = 25th-75th percentile); in each round both "
+        "run the same number of consecutive steps (alternating which goes first). hessjax = "
+        "`TrainStep(model.apply, make_optimizer(lr, 0.9), micro_batch_size=128)` with the CPU "
+        "default host loop over micro-batches (numpy inputs, `device_put` per micro-batch); "
+        "PyTorch = the twin in `model.train()`, `SGD(lr, momentum=0.9)`, per micro-batch "
+        "forward + `(loss/M).backward()`, then `step()` (torch tensors in memory). `lax.scan` "
+        "= the same step as one program (`host_loops=False`, the GPU/TPU default), few samples "
+        "(n), context only; 'est.' = M × its batch-128 step time, not run. 1st call = first "
+        "step (hessjax: includes compilation). Real MNIST / CIFAR-10 training images (the first "
+        f"{max(r['batch_size'] for r in results):,}, cycled), randomly initialised weights, "
+        f"lr {args.lr}.",
+        "",
+        "## Equivalence after one step from the same weights on the same batch",
+        "",
+        common.markdown_table(eq_headers, eq_rows),
+        "",
+        "Relative L2 differences, PyTorch vs hessjax (host loop), after one step at lr "
+        f"{args.lr}: the parameters θ₁; the mean gradient (1/M) Σ_j ∇L_j, read from both "
+        "optimisers' momentum buffers (equal to it after the first step); and the step θ₁ − θ₀, "
+        "which is limited by the float32 rounding of θ₁ (|θ| ≫ |lr·g|), hence larger than the "
+        "gradient's difference. 'scan vs host' = the same mean gradient from the two hessjax "
+        "forms. BN running statistics (C1): relative difference of the statistics and, in "
+        "parentheses, of their change in the step; PyTorch's running variance uses the unbiased "
+        "batch variance, Flax the biased one (factor n/(n−1), n = 128·H·W per micro-batch), "
+        "which accounts for the running-variance difference.",
+    ]
+    if rows_breakdown:
+        parts += [
+            "",
+            "## Convolution time per layer at micro-batch 128 (XLA:CPU vs PyTorch/oneDNN)",
+            "",
+            common.markdown_table(
+                [
+                    "model",
+                    "layer",
+                    "input NHWC",
+                    "part",
+                    "GFLOP",
+                    "XLA ms",
+                    "torch ms",
+                    "XLA / torch",
+                ],
+                [
+                    [
+                        b["model"].upper(),
+                        b["layer"],
+                        "×".join(map(str, b["input_nhwc"])) + f" → {b['features']}",
+                        b["part"],
+                        f"{b['gflop']:.2f}",
+                        f"{b['xla_ms']:.1f}",
+                        f"{b['torch_ms']:.1f}",
+                        f"{b['xla_over_torch_time']:.2f}",
+                    ]
+                    for b in rows_breakdown
+                ],
+            ),
+            "",
+            f"Median of {args.breakdown_repeats} paired samples (each the mean of 2 calls): "
+            "`jax.jit` of `lax.conv_general_dilated` and of its two VJPs, against "
+            "`torch.nn.functional.conv2d`, `torch.nn.grad.conv2d_input` / `conv2d_weight`.",
+        ]
+    parts += [
+        "",
+        common.environment_line(env),
+        "",
+        f"Command: `{common.command_line('benchmarks.train_throughput')}`",
+    ]
+    return "\n".join(parts)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    threads = common.set_torch_threads(args.torch_threads)
+    env = common.environment(threads)
+    print(common.environment_line(env), flush=True)
+    batch_sizes = sorted(int(b) for b in args.batch_sizes.split(","))
+    started = time.perf_counter()
+    results, rows_breakdown = [], []
+    for name in args.models.split(","):
+        name = name.strip().lower()
+        if name not in DATASETS:
+            raise SystemExit(f"unknown model {name!r}; choose from {', '.join(DATASETS)}")
+        x, y = hessjax.data.load(
+            DATASETS[name], "train", data_dir=args.data_dir, limit=max(batch_sizes)
+        )
+        if len(y) < max(batch_sizes):
+            raise SystemExit(f"only {len(y)} {DATASETS[name]} images found")
+        scan_step_m = None
+        for batch in batch_sizes:
+            print(f"benchmarking {name} batch {batch} ...", flush=True)
+            r = bench_config(name, batch, args, (x, y), scan_step_m)
+            if r["scan"].get("ran") and batch == args.micro_batch_size:
+                scan_step_m = r["scan"]["median_seconds_per_step"]
+            print({k: r[k] for k in ("examples_per_s", "ratio_hessjax_over_torch_throughput")})
+            print(r["equivalence"], flush=True)
+            results.append(r)
+        if args.breakdown:
+            rows_breakdown += breakdown(name, args)
+    env["load_average_at_end_1_5_15"] = list(os.getloadavg())
+    env["total_seconds"] = time.perf_counter() - started
+    md = markdown(results, env, args, rows_breakdown)
+    payload = {
+        "command": common.command_line("benchmarks.train_throughput"),
+        "environment": env,
+        "args": vars(args),
+        "results": results,
+        "conv_breakdown": rows_breakdown,
+    }
+    paths = common.write_results(args.out, payload, md)
+    print(md)
+    print("wrote", *paths)
+
+
+if __name__ == "__main__":
+    main()
