@@ -21,8 +21,15 @@ from __future__ import annotations
 
 import os
 import pathlib
+import sys
 import time
 from typing import Any
+
+# `python experiments/<script>.py` puts experiments/ first on sys.path; the repository root must
+# be importable too (`from experiments... import`).
+_ROOT = str(pathlib.Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:
+    sys.path.insert(1, _ROOT)
 
 import jax
 import numpy as np

@@ -160,3 +160,19 @@ def test_table8_diverged_runs_are_shown_as_diverged(tmp_path):
     table8_exp.write_table(config, results, tmp_path / "t.md")
     row = [line for line in (tmp_path / "t.md").read_text().splitlines() if "| 64 |" in line][0]
     assert "0.5000" in row and "diverged (0.1000)" in row and "–" in row
+
+
+@pytest.mark.parametrize("script", ["batch_sweep", "adversarial_training", "large_batch_robust"])
+def test_experiment_scripts_run_as_the_readme_calls_them(script, tmp_path):
+    """`python experiments/<script>.py` (not `-m`) from any directory finds `experiments.*`."""
+    import pathlib
+    import subprocess
+    import sys
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "experiments" / f"{script}.py"
+    out = subprocess.run(
+        [sys.executable, str(path), "--help"], cwd=tmp_path, capture_output=True, text=True
+    )
+    # absl exits 1 after --help; a script that cannot import `experiments` prints no usage.
+    assert "ModuleNotFoundError" not in out.stderr, out.stderr[-2000:]
+    assert "--config" in out.stdout and "--workdir" in out.stdout
