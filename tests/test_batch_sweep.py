@@ -184,4 +184,5 @@ print("MESH_OK")
 def test_sweep_uses_every_device_and_checks_divisibility():
     from fake_devices import run_on_fake_devices
 
-    run_on_fake_devices(MESH_SWEEP_SCRIPT, 4, timeout=120)
+    out = run_on_fake_devices(MESH_SWEEP_SCRIPT, 4, timeout=120)
+    assert "MESH_OK" in out and out.rstrip().endswith("DEVICES 4"), out[-2000:]
