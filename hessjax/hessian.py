@@ -61,6 +61,13 @@ class HessianOperator:
             return _host_dataset_hvp(self, v)
         return _dataset_hvp(self, v)
 
+    def linearize(self, *, max_bytes: int | None = None):
+        """The same operator with each batch's linearised gradient cached (faster repeated HVPs,
+        more memory); see :func:`hessjax.linearized.linearize`."""
+        from hessjax import linearized
+
+        return linearized.linearize(self, max_bytes=max_bytes)
+
 
 def _batch_spec(mesh: Mesh | None, leading: int) -> NamedSharding | None:
     """Sharding of a batch: the sample axis split over every axis of the mesh."""

@@ -12,6 +12,7 @@ from jax.flatten_util import ravel_pytree
 from nets import MLP, SmallCNN, TinyResNet, init_with_random_bn, random_data
 
 import hessjax
+from hessjax import linearized
 
 CASES = {
     "mlp_relu": (MLP((6, 5, 3)), (4,)),
@@ -70,6 +71,45 @@ def test_operator_is_hessian_of_dataset_mean(case, batch_size):
     np.testing.assert_allclose(
         ravel_pytree(op(v))[0], dense @ ravel_pytree(v)[0], rtol=1e-9, atol=1e-11
     )
+
+
+@pytest.mark.parametrize("case, batch_size", [("mlp_tanh", 5), ("cnn_bn", 23), ("resnet", 4)])
+def test_linearized_operator_is_the_same_hessian(case, batch_size, loop_mode):
+    n = 23
+    loss_fn, params, data = _setup(case, seed=batch_size, n=n)
+    op = hessjax.hessian_operator(loss_fn, params, data, batch_size=batch_size)
+    lop = op.linearize()
+    assert (lop.num_batches, lop.batch_size, lop.tail_size) == (
+        n // batch_size,
+        batch_size,
+        n % batch_size,
+    )
+    assert lop.residual_bytes == linearized.linearization_bytes(op) > 0
+    dense = np.asarray(_dense(loss_fn, params, data))
+    for seed in (3, 4):
+        v = _random_like(params, seed)
+        np.testing.assert_allclose(
+            ravel_pytree(lop(v))[0], dense @ ravel_pytree(v)[0], rtol=1e-9, atol=1e-11
+        )
+    expected = np.sort(np.linalg.eigvalsh(dense))[::-1][:2]
+    found = hessjax.eigenvalues(lop, params, k=2, key=jax.random.key(0), tol=1e-10)
+    np.testing.assert_allclose(found.values, expected, rtol=1e-7)
+
+
+def test_linearized_operator_compiles_once_and_checks_memory():
+    loss_fn, params, data = _setup("cnn_bn", seed=0, n=11)
+    counted = chex.assert_max_traces(lambda p, b: loss_fn(p, b), n=2)  # full batches + tail
+    lop = hessjax.hessian_operator(counted, params, data, batch_size=4).linearize()
+    lop(_random_like(params, 0))
+    sizes = linearized._add_full._cache_size(), linearized._add_tail._cache_size()
+    for seed in range(1, 4):  # repeated matvecs reuse the compiled pieces
+        lop(_random_like(params, seed))
+    assert (linearized._add_full._cache_size(), linearized._add_tail._cache_size()) == sizes
+    op = hessjax.hessian_operator(loss_fn, params, data, batch_size=4)
+    with pytest.raises(ValueError, match="MiB of residuals"):
+        op.linearize(max_bytes=100)
+    with pytest.raises(TypeError, match="HessianOperator"):
+        linearized.linearize(lambda v: v)
 
 
 def test_operator_compiles_once():
@@ -151,6 +191,9 @@ MESH_SCRIPT = textwrap.dedent(
     assert len(sharded.full[0].sharding.device_set) == 4
     a, b = ravel_pytree(single(v))[0], ravel_pytree(sharded(v))[0]
     np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    lin = sharded.linearize()  # residuals stay split over the devices, like the batches
+    assert max(len(r.sharding.device_set) for r in jax.tree.leaves(lin.full)) == 4
+    np.testing.assert_allclose(ravel_pytree(lin(v))[0], a, rtol=1e-10, atol=1e-12)
     e1 = hessjax.eigenvalues(single, params, k=2, key=jax.random.key(0), tol=1e-8)
     e4 = hessjax.eigenvalues(sharded, params, k=2, key=jax.random.key(0), tol=1e-8)
     np.testing.assert_allclose(e1.values, e4.values, rtol=1e-7)
