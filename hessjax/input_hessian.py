@@ -90,30 +90,84 @@ def input_hessian_spectrum(apply_fn: ApplyFn, variables: Any, x, y, *, batch_siz
     return loops.map_samples(_spectrum_of, apply_fn, variables, (x,), batch_size=batch_size)
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "batch_size", "max_iters"))
-def _power_top_eigenvalue(apply_fn, variables, x, y, key, tol, *, batch_size, max_iters):
-    keys = jax.random.split(key, x.shape[0])
+@functools.partial(jax.jit, static_argnums=0)
+def _chunk_input_hvps(apply_fn, variables, x, y, v):
+    """``∇²ₓJ(xᵢ, yᵢ) vᵢ`` for a chunk: x, v (B, ...), y (B,) -> (B, ...)."""
+    return jax.vmap(lambda xi, yi, vi: input_hvp(apply_fn, variables, xi, yi, vi))(x, y, v)
+
+
+def _per_sample(a: jax.Array, ndim: int) -> jax.Array:
+    """``a`` (B,) shaped to broadcast against a (B, ...) array of ``ndim`` axes."""
+    return a.reshape((-1,) + (1,) * (ndim - 1))
+
+
+def _power_vectors(carry):
+    return carry[0]
+
+
+def _power_continue(carry):
+    _, _, it, done, _, max_iters = carry
+    return jnp.any(~done) & (it < max_iters)
+
+
+def _power_update(carry, hv):
+    """One power step for every sample of the chunk; converged samples are frozen."""
+    v, lam_prev, it, done, tol, max_iters = carry
+    axes = tuple(range(1, v.ndim))
+    lam = jnp.sum(v * hv, axis=axes)
+    norm = jnp.sqrt(jnp.sum(hv * hv, axis=axes))
+    converged = ((it > 0) & (jnp.abs(lam - lam_prev) <= tol * jnp.abs(lam_prev))) | (norm == 0)
+    moved = _per_sample(norm > 0, v.ndim)
+    new_v = jnp.where(moved, hv / jnp.where(moved, _per_sample(norm, v.ndim), 1), v)
+    v = jnp.where(_per_sample(done, v.ndim), v, new_v)
+    lam = jnp.where(done, lam_prev, lam)
+    return v, lam, it + 1, done | converged, tol, max_iters
+
+
+def _power_chunk(apply_fn, variables, x, y, keys, tol, max_iters, *, host):
+    """(B,) power-iteration ``λ_max(∇²ₓJ)`` of a chunk; the loop runs until every sample has
+    converged (``|λ − λ_prev| ≤ tol·|λ_prev|``) or ``max_iters`` HVPs (see :mod:`hessjax.loops`)."""
+    v0 = jax.vmap(lambda k: jax.random.normal(k, x.shape[1:], x.dtype))(keys)
+    v0 = v0 / _per_sample(jnp.sqrt(jnp.sum(v0 * v0, axis=tuple(range(1, x.ndim)))), x.ndim)
+    b = x.shape[0]
+    carry = (
+        v0,
+        jnp.zeros((b,), x.dtype),
+        jnp.zeros((), jnp.int32),
+        jnp.zeros((b,), bool),
+        jnp.asarray(tol, x.dtype),
+        jnp.asarray(max_iters, jnp.int32),
+    )
+    matvec = functools.partial(_chunk_input_hvps, apply_fn, variables, x, y)
+    return loops.matvec_loop(
+        matvec, _power_vectors, _power_update, _power_continue, carry, host=host
+    )[1]
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "batch_size"))
+def _power_all(apply_fn, variables, x, y, keys, tol, max_iters, *, batch_size):
+    """One program: ``lax.map`` over samples, vmapped ``batch_size`` at a time."""
 
     def one(sample):
-        xi, yi, ki = sample
-        hvp = lambda v: input_hvp(apply_fn, variables, xi, yi, v)
-
-        def not_done(s):
-            return (~s[3]) & (s[2] < max_iters)
-
-        def body(s):
-            v, lam_prev, it, _ = s
-            hv = hvp(v)
-            lam = jnp.vdot(v, hv)
-            norm = jnp.linalg.norm(hv)
-            done = (it > 0) & (jnp.abs(lam - lam_prev) <= tol * jnp.abs(lam_prev)) | (norm == 0)
-            return jnp.where(norm > 0, hv / jnp.where(norm > 0, norm, 1), v), lam, it + 1, done
-
-        v0 = jax.random.normal(ki, xi.shape, xi.dtype)
-        init = (v0 / jnp.linalg.norm(v0), jnp.zeros((), xi.dtype), 0, jnp.zeros((), bool))
-        return jax.lax.while_loop(not_done, body, init)[1]
+        xi, yi, ki = (a[None] for a in sample)
+        return _power_chunk(apply_fn, variables, xi, yi, ki, tol, max_iters, host=False)[0]
 
     return jax.lax.map(one, (x, y, keys), batch_size=batch_size)
+
+
+def _power_top_eigenvalue(apply_fn, variables, x, y, key, tol, *, batch_size, max_iters):
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    keys = jax.random.split(key, x.shape[0])
+    if not loops.host_loops() or loops.is_traced((variables, x, y)):
+        return _power_all(
+            apply_fn, variables, x, y, keys, tol, max_iters, batch_size=batch_size
+        )
+    outs = []
+    for start in range(0, x.shape[0], batch_size):  # chunks padded to one compiled shape
+        size = min(batch_size, x.shape[0] - start)
+        chunk = [loops.pad_rows(a[start : start + size], batch_size) for a in (x, y, keys)]
+        outs.append(_power_chunk(apply_fn, variables, *chunk, tol, max_iters, host=True)[:size])
+    return jnp.concatenate(outs)
 
 
 def input_hessian_eigenvalues(

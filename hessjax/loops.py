@@ -92,14 +92,14 @@ def map_samples(
     for start in range(0, n, batch_size):
         size = min(batch_size, n - start)
         chunk = jax.tree_util.tree_map(
-            lambda a, s=start, m=size: _padded(a[s : s + m], batch_size), args
+            lambda a, s=start, m=size: pad_rows(a[s : s + m], batch_size), args
         )
         out = _vmapped_chunk(fn, apply_fn, shared, chunk, static)
         outs.append(jax.tree_util.tree_map(lambda o, s=size: o[:s], out))
     return jax.tree_util.tree_map(lambda *o: jnp.concatenate(o), *outs)
 
 
-def _padded(a, size: int) -> jax.Array:
+def pad_rows(a, size: int) -> jax.Array:
     """``a`` with its last row repeated up to ``size`` rows."""
     a = jnp.asarray(a)
     return jnp.concatenate([a, jnp.repeat(a[-1:], size - a.shape[0], axis=0)])
