@@ -367,11 +367,14 @@ def interpolation_analysis(config, model, original, robust, data) -> dict:
 
 def analyze_model(config, model, variables, data, original=None) -> dict:
     tic = time.perf_counter()
+    _log(f"  attacks on {config.evaluation.num_samples or 'all'} test images ...")
     record = evaluate_attacks(config, model, variables, data)
     t_attacks = time.perf_counter()
+    _log(f"  Hessian spectra (top {config.hessian.k}) ... [attacks took {t_attacks - tic:.0f}s]")
     record["hessian"] = hessian_analysis(config, model, variables, data)
     t_hessian = time.perf_counter()
     if original is not None:
+        _log(f"  interpolation ... [Hessian spectra took {t_hessian - t_attacks:.0f}s]")
         record["interpolation"] = interpolation_analysis(config, model, original, variables, data)
     record["seconds"] = {
         "attacks": t_attacks - tic,

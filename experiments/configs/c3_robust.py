@@ -9,7 +9,11 @@
 * cpu: 5,000 training images at batch 32 [choice: at batch 128 the BN-free C3 sat on the loss
   plateau at 2.30 for 5 of 12 epochs (39 steps each) and ended at 28% training accuracy; batch 32
   gives 4x the steps and leaves the plateau in 2 epochs], 15 epochs (lr halved at 5 and 10, as
-  the paper's every 5) + 2 robust epochs, attacks on 500 test images, Hessians on 500 images.
+  the paper's every 5), then 1 robust epoch (156 steps, as many as m1_robust:cpu's 2 epochs);
+  attacks on 500 test images (CG capped at 10 as in training); "full" Hessian over 200 training
+  images (top 20, <= 50 HVPs), sub-sampled b_H = 1, 128 (<= 30 HVPs); interpolation at 11 points
+  on 500 images. Sized so the 6 models' analyses fit about an hour on 2 CPU cores (a C3 HVP on
+  500 images takes ~10 s there).
 * smoke: 256 / 128 images, 1 + 1 epochs, k = 3.
 
 ε [choice; lost in the paper]: L∞ ε∞ = 0.02 (PAPER.md's CIFAR ε₁, inputs in [0, 1]); L2 ε₂ = 0.5
@@ -41,14 +45,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.batch_size = c.micro_batch_size = 32
         c.original.num_epochs = 15
         c.original.lr_decay_epochs = [5, 10]
-        c.robust.num_epochs = 2
+        c.robust.num_epochs = 1
         c.robust.lr_decay_epochs = []
         c.evaluation.num_samples = 500
-        c.hessian.num_samples = 500
+        c.evaluation.cg_iters = 10
+        c.hessian.num_samples = c.hessian.batch_size = 200
         c.hessian.tol = 1e-3
+        c.hessian.max_matvecs = 50
         c.hessian.num_subsets = 2
-        c.interpolation.num_points = 21
-        c.interpolation.num_samples = 1000
+        c.hessian.subsample_max_matvecs = 30
+        c.interpolation.num_points = 11
+        c.interpolation.num_samples = 500
     elif scale == "smoke":
         m1_robust.scale_smoke(c)
     return c
