@@ -20,6 +20,7 @@ from hessjax.input_hessian import (
     input_hessian_eigenvalues,
     input_hessian_spectrum,
 )
+from hessjax.linearized import LinearizedHessianOperator, linearization_bytes
 from hessjax.losses import cross_entropy, make_loss_fn, split_variables
 from hessjax.spectral import (
     Quadrature,
@@ -37,6 +38,7 @@ __all__ = [
     "EigenResult",
     "Quadrature",
     "HessianOperator",
+    "LinearizedHessianOperator",
     "cross_entropy",
     "data",
     "dense_hessian",
@@ -48,6 +50,7 @@ __all__ = [
     "input_gradients",
     "input_hessian_eigenvalues",
     "input_hessian_spectrum",
+    "linearization_bytes",
     "make_loss_fn",
     "models",
     "smooth_density",
