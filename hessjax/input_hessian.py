@@ -159,9 +159,7 @@ def _power_top_eigenvalue(apply_fn, variables, x, y, key, tol, *, batch_size, ma
     x, y = jnp.asarray(x), jnp.asarray(y)
     keys = jax.random.split(key, x.shape[0])
     if not loops.host_loops() or loops.is_traced((variables, x, y)):
-        return _power_all(
-            apply_fn, variables, x, y, keys, tol, max_iters, batch_size=batch_size
-        )
+        return _power_all(apply_fn, variables, x, y, keys, tol, max_iters, batch_size=batch_size)
     outs = []
     for start in range(0, x.shape[0], batch_size):  # chunks padded to one compiled shape
         size = min(batch_size, x.shape[0] - start)

@@ -41,13 +41,10 @@ class LinearizedHessianOperator:
 
     full: Partial
     tail: Partial | None
+    num_batches: int = dataclasses.field(metadata=dict(static=True))
     batch_size: int = dataclasses.field(metadata=dict(static=True))
     tail_size: int = dataclasses.field(metadata=dict(static=True))
     num_samples: int = dataclasses.field(metadata=dict(static=True))
-
-    @property
-    def num_batches(self) -> int:
-        return int(jax.tree_util.tree_leaves(self.full)[0].shape[0])
 
     @property
     def residual_bytes(self) -> int:
@@ -134,7 +131,7 @@ def linearize(op: HessianOperator, *, max_bytes: int | None = None) -> Linearize
     tail_size = tree.leading_dim(op.tail)
     tail = _linearize_tail(op) if tail_size else None
     batch_size = tree.leading_dim(op.full, axis=1)
-    return LinearizedHessianOperator(stacked, tail, batch_size, tail_size, op.num_samples)
+    return LinearizedHessianOperator(stacked, tail, num_full, batch_size, tail_size, op.num_samples)
 
 
 def _weighted(lop: LinearizedHessianOperator, linear: Partial, v: Any, size: int) -> Any:
