@@ -12,8 +12,8 @@
   the paper's every 5), then 1 robust epoch (156 steps, as many as m1_robust:cpu's 2 epochs);
   attacks on 500 test images (CG capped at 10 as in training); "full" Hessian over 200 training
   images (top 20, <= 50 HVPs), sub-sampled b_H = 1, 128 (<= 30 HVPs); interpolation at 21 points
-  on 500 images (the recorded run used 11, which misses alpha = 0 and 1). Sized so the 6 models' analyses fit about an hour on 2 CPU cores (a C3 HVP on
-  500 images takes ~10 s there).
+  on 500 images (the recorded run used 11, which misses alpha = 0 and 1). Sized so the 6
+  models' analyses fit about an hour on 2 CPU cores (a C3 HVP on 500 images takes ~10 s there).
 * smoke: 256 / 128 images, 1 + 1 epochs, k = 3.
 
 ε [choice; lost in the paper]: L∞ ε∞ = 0.02 (PAPER.md's CIFAR ε₁, inputs in [0, 1]); L2 ε₂ = 0.5
