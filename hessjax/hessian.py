@@ -76,10 +76,16 @@ def _batch_spec(mesh: Mesh | None, leading: int) -> NamedSharding | None:
     return NamedSharding(mesh, PartitionSpec(*([None] * leading), tuple(mesh.axis_names)))
 
 
+def _constrain_batch(op: HessianOperator, batch: Any) -> Any:
+    """``batch`` split over ``op``'s mesh along the sample axis (unchanged without a mesh)."""
+    if op.mesh is None:
+        return batch
+    return jax.lax.with_sharding_constraint(batch, _batch_spec(op.mesh, 0))
+
+
 def _weighted_batch_hvp(op: HessianOperator, v: Any, batch: Any) -> Any:
     """``(n_b / N) ∇²_θ loss_fn(θ, batch) v`` for one batch of ``n_b`` samples."""
-    if op.mesh is not None:
-        batch = jax.lax.with_sharding_constraint(batch, _batch_spec(op.mesh, 0))
+    batch = _constrain_batch(op, batch)
     weight = tree.leading_dim(batch) / op.num_samples
     return tree.scale(hvp(op.loss_fn, op.params, v, batch), weight)
 

@@ -160,12 +160,11 @@ def _power_top_eigenvalue(apply_fn, variables, x, y, key, tol, *, batch_size, ma
     keys = jax.random.split(key, x.shape[0])
     if not loops.host_loops() or loops.is_traced((variables, x, y)):
         return _power_all(apply_fn, variables, x, y, keys, tol, max_iters, batch_size=batch_size)
-    outs = []
-    for start in range(0, x.shape[0], batch_size):  # chunks padded to one compiled shape
-        size = min(batch_size, x.shape[0] - start)
-        chunk = [loops.pad_rows(a[start : start + size], batch_size) for a in (x, y, keys)]
-        outs.append(_power_chunk(apply_fn, variables, *chunk, tol, max_iters, host=True)[:size])
-    return jnp.concatenate(outs)
+    return loops.map_padded_chunks(
+        lambda c: _power_chunk(apply_fn, variables, *c, tol, max_iters, host=True),
+        (x, y, keys),
+        batch_size,
+    )
 
 
 def input_hessian_eigenvalues(

@@ -26,7 +26,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from jax.tree_util import Partial
 
 from hessjax import loops, tree
-from hessjax.hessian import HessianOperator, _batch_spec
+from hessjax.hessian import HessianOperator, _constrain_batch
 
 
 @jax.tree_util.register_dataclass
@@ -66,8 +66,7 @@ def _nbytes(pytree: Any) -> int:
 
 def _linearized_gradient(op: HessianOperator, batch: Any) -> Partial:
     """``v -> ∇²_θ loss_fn(θ, batch) v`` as a ``Partial`` holding the residuals (jit-returnable)."""
-    if op.mesh is not None:
-        batch = jax.lax.with_sharding_constraint(batch, _batch_spec(op.mesh, 0))
+    batch = _constrain_batch(op, batch)
     grad_fn = lambda p: jax.grad(op.loss_fn)(p, batch)
     return jax.linearize(grad_fn, op.params)[1]
 

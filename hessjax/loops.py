@@ -87,19 +87,26 @@ def map_samples(
     static = tuple(sorted(static.items()))
     if not host_loops() or is_traced((shared, args)):
         return _mapped_all(fn, apply_fn, shared, args, batch_size=batch_size, static=static)
+    return map_padded_chunks(
+        lambda chunk: _vmapped_chunk(fn, apply_fn, shared, chunk, static), args, batch_size
+    )
+
+
+def map_padded_chunks(chunk_fn: Callable, args: Any, batch_size: int) -> Any:
+    """``chunk_fn`` on consecutive chunks of ``batch_size`` rows of ``args`` (the last one padded
+    by repeating its last row, so one compilation serves all), outputs cut and concatenated."""
     n = jax.tree_util.tree_leaves(args)[0].shape[0]
     outs = []
     for start in range(0, n, batch_size):
         size = min(batch_size, n - start)
         chunk = jax.tree_util.tree_map(
-            lambda a, s=start, m=size: pad_rows(a[s : s + m], batch_size), args
+            lambda a, s=start, m=size: _pad_rows(a[s : s + m], batch_size), args
         )
-        out = _vmapped_chunk(fn, apply_fn, shared, chunk, static)
-        outs.append(jax.tree_util.tree_map(lambda o, s=size: o[:s], out))
+        outs.append(jax.tree_util.tree_map(lambda o, s=size: o[:s], chunk_fn(chunk)))
     return jax.tree_util.tree_map(lambda *o: jnp.concatenate(o), *outs)
 
 
-def pad_rows(a, size: int) -> jax.Array:
+def _pad_rows(a, size: int) -> jax.Array:
     """``a`` with its last row repeated up to ``size`` rows."""
     a = jnp.asarray(a)
     return jnp.concatenate([a, jnp.repeat(a[-1:], size - a.shape[0], axis=0)])
