@@ -36,7 +36,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
+from hessjax import batching
+from hessjax._internal import ApplyFn, check_positive_int, replicated
 from hessjax.input_hessian import input_gradient, input_hvp
 
 __all__ = [
@@ -56,8 +59,6 @@ __all__ = [
     "newton_direction",
     "newton_directions",
 ]
-
-ApplyFn = Callable[..., jax.Array]
 
 
 class CGResult(NamedTuple):
@@ -218,11 +219,6 @@ def _as_clip(clip, dtype) -> tuple[jax.Array, jax.Array]:
     return lo, hi
 
 
-def _check_positive_int(name, value):
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
 def _finish(x_adv, scalar):
     return x_adv[0] if scalar else x_adv
 
@@ -265,9 +261,9 @@ def _one_step(
 def _direction_attack(source, norm, apply_fn, variables, x, y, eps, clip, batch_size, **cg):
     """Check the arguments, run ``_one_step``, drop the ε axis for a scalar ε. ``cg``: cg_iters,
     cg_tol, return_info (second-order attacks only)."""
-    _check_positive_int("batch_size", batch_size)
+    check_positive_int("batch_size", batch_size)
     cg_iters, cg_tol, info = cg.get("cg_iters", 1), cg.get("cg_tol", 0.0), cg.get("return_info")
-    _check_positive_int("cg_iters", cg_iters)
+    check_positive_int("cg_iters", cg_iters)
     x, y = _as_inputs(x, y)
     eps, scalar = _as_eps(eps, x.dtype)
     lo, hi = _as_clip(clip, x.dtype)
@@ -372,8 +368,8 @@ def ifgsm(
     ``‖x' − x‖_∞ ≤ ε``, ``α = step_size`` (default ``ε/steps``), in a ``lax.fori_loop``. Several ε
     are attacked one after another (``lax.map``). x (N, ...) -> (N, ...) or (E, N, ...).
     """
-    _check_positive_int("batch_size", batch_size)
-    _check_positive_int("steps", steps)
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("steps", steps)
     x, y = _as_inputs(x, y)
     eps, scalar = _as_eps(eps, x.dtype)
     lo, hi = _as_clip(clip, x.dtype)
@@ -423,38 +419,37 @@ def get(name: str) -> Callable:
 
 @functools.partial(jax.jit, static_argnames=("apply_fn",))
 def _correct(apply_fn, variables, x, y):
-    """(E, B) bool: ``argmax apply_fn(x[e]) == y`` for x (E, B, ...)."""
-    return jax.lax.map(lambda xe: jnp.argmax(apply_fn(variables, xe), axis=-1) == y, x)
+    """(B, E) bool: ``argmax apply_fn(x[e]) == y`` for x (E, B, ...)."""
+    hits = jax.lax.map(lambda xe: jnp.argmax(apply_fn(variables, xe), axis=-1) == y, x)
+    return hits.T
 
 
-def _accuracy_in_chunks(apply_fn, variables, x, y, batch_size, make_inputs):
-    """(E,) accuracies of ``apply_fn`` on ``make_inputs(xb, yb)`` (E, B, ...) over all chunks.
-
-    Every chunk is padded to ``min(batch_size, N)`` samples (repeating its last sample; padded
-    predictions are dropped), so each compiled function sees a single shape.
-    """
-    _check_positive_int("batch_size", batch_size)
+def _accuracies(apply_fn, variables, x, y, batch_size, make_inputs, mesh):
+    """(E,) accuracies of ``apply_fn`` on ``make_inputs(xb, yb)`` (E, B, ...) over all chunks of
+    ``batch_size`` samples (:func:`hessjax.batching.map_chunks`; split over ``mesh``)."""
+    check_positive_int("batch_size", batch_size)
     n = len(y)
     if n == 0 or len(x) != n:
         raise ValueError(f"need x (N, ...) and y (N,) with N > 0; got {len(x)} and {n} samples")
-    size = min(batch_size, n)
-    correct = 0
-    for start in range(0, n, size):
-        stop = min(start + size, n)
-        idx = np.minimum(np.arange(start, start + size), stop - 1)
-        xb, yb = jnp.asarray(x[idx]), jnp.asarray(y[idx])
-        hits = np.asarray(_correct(apply_fn, variables, make_inputs(xb, yb), yb))
-        correct = correct + hits[:, : stop - start].sum(axis=1)
-    return correct / n
+    if mesh is not None:
+        variables = jax.device_put(variables, replicated(mesh))
+    chunk_rows = batching.chunk_size(n, batch_size, mesh)
+
+    def correct(chunk):
+        xb, yb = chunk
+        return _correct(apply_fn, variables, make_inputs(xb, yb, chunk_rows), yb)
+
+    hits = batching.map_chunks(correct, (x, y), batch_size, mesh=mesh)
+    return np.asarray(hits).mean(axis=0, dtype=np.float64)
 
 
-def accuracy(apply_fn: ApplyFn, variables: Any, x, y, batch_size: int = 500) -> float:
+def accuracy(
+    apply_fn: ApplyFn, variables: Any, x, y, batch_size: int = 500, *, mesh: Mesh | None = None
+) -> float:
     """Clean accuracy ``mean_i [argmax apply_fn(variables, x)_i = y_i]`` over the whole set,
     ``batch_size`` samples per compiled call."""
-    x, y = np.asarray(x) if not hasattr(x, "shape") else x, np.asarray(y)
-    return float(
-        _accuracy_in_chunks(apply_fn, variables, x, y, batch_size, lambda xb, _: xb[None])[0]
-    )
+    inputs = lambda xb, yb, rows: xb[None]
+    return float(_accuracies(apply_fn, variables, x, np.asarray(y), batch_size, inputs, mesh)[0])
 
 
 def adversarial_accuracy(
@@ -467,19 +462,21 @@ def adversarial_accuracy(
     *,
     clip,
     batch_size: int = 500,
+    mesh: Mesh | None = None,
     **attack_kw,
 ) -> float | np.ndarray:
     """Accuracy on ``attack(apply_fn, variables, x, y, eps, clip=clip, **attack_kw)``.
 
     ``attack``: a registry name (``get``) or a function with the attacks' signature. The data set
     is attacked ``batch_size`` samples at a time (a Python loop over chunks, each chunk one
-    compiled call). Returns a float for scalar ``eps``, else an (E,) array, one accuracy per ε.
+    compiled call; with ``mesh``, each chunk split over its devices). Returns a float for scalar
+    ``eps``, else an (E,) array, one accuracy per ε.
     """
     attack_fn = get(attack) if isinstance(attack, str) else attack
-    x, y = np.asarray(x) if not hasattr(x, "shape") else x, np.asarray(y)
+    x = np.asarray(x) if not hasattr(x, "shape") else x
     eps_arr, scalar = _as_eps(eps, x.dtype)
-    run = lambda xb, yb: attack_fn(
-        apply_fn, variables, xb, yb, eps_arr, clip=clip, batch_size=batch_size, **attack_kw
+    inputs = lambda xb, yb, rows: attack_fn(
+        apply_fn, variables, xb, yb, eps_arr, clip=clip, batch_size=rows, **attack_kw
     )
-    acc = _accuracy_in_chunks(apply_fn, variables, x, y, batch_size, run)
+    acc = _accuracies(apply_fn, variables, x, np.asarray(y), batch_size, inputs, mesh)
     return float(acc[0]) if scalar else acc

@@ -12,11 +12,10 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
-from hessjax import loops, tree
-
-Partial = jax.tree_util.Partial
+from hessjax import batching, loops, tree
+from hessjax._internal import Partial, as_partial, batch_sharding, check_positive_int, replicated
 
 
 def hvp(loss_fn: Callable, params: Any, v: Any, *args) -> Any:
@@ -26,16 +25,6 @@ def hvp(loss_fn: Callable, params: Any, v: Any, *args) -> Any:
     """
     grad_fn = lambda p: jax.grad(loss_fn)(p, *args)
     return jax.jvp(grad_fn, (params,), (v,))[1]
-
-
-def _as_partial(fn: Callable) -> Any:
-    """A callable as a pytree whose arrays become jit arguments and whose function is static.
-
-    Pytree callables (``Partial``, :class:`HessianOperator`) pass through; a plain function is
-    wrapped in a leaf-less ``Partial`` (compiled code is then cached on the function's identity).
-    """
-    leaves = jax.tree_util.tree_leaves(fn)
-    return Partial(fn) if len(leaves) == 1 and leaves[0] is fn else fn
 
 
 @jax.tree_util.register_dataclass
@@ -56,10 +45,21 @@ class HessianOperator:
     num_samples: int = dataclasses.field(metadata=dict(static=True))
     mesh: Mesh | None = dataclasses.field(default=None, metadata=dict(static=True))
 
+    @property
+    def tail_size(self) -> int:
+        return tree.leading_dim(self.tail)
+
     def __call__(self, v: Any) -> Any:
-        if loops.host_loops() and not loops.is_traced((self, v)):
-            return _host_dataset_hvp(self, v)
-        return _dataset_hvp(self, v)
+        return batching.batch_mean(
+            _batch_hvp,
+            (self, v),
+            self.full,
+            self.tail,
+            batch_size=tree.leading_dim(self.full, axis=1),
+            tail_size=self.tail_size,
+            init=tree.zeros_like(v),
+            host=loops.host_loops() and not loops.is_traced((self, v)),
+        )
 
     def linearize(self, *, max_bytes: int | None = None):
         """The same operator with each batch's linearised gradient cached (faster repeated HVPs,
@@ -69,54 +69,17 @@ class HessianOperator:
         return linearized.linearize(self, max_bytes=max_bytes)
 
 
-def _batch_spec(mesh: Mesh | None, leading: int) -> NamedSharding | None:
-    """Sharding of a batch: the sample axis split over every axis of the mesh."""
-    if mesh is None:
-        return None
-    return NamedSharding(mesh, PartitionSpec(*([None] * leading), tuple(mesh.axis_names)))
-
-
 def _constrain_batch(op: HessianOperator, batch: Any) -> Any:
     """``batch`` split over ``op``'s mesh along the sample axis (unchanged without a mesh)."""
     if op.mesh is None:
         return batch
-    return jax.lax.with_sharding_constraint(batch, _batch_spec(op.mesh, 0))
+    return jax.lax.with_sharding_constraint(batch, batch_sharding(op.mesh))
 
 
-def _weighted_batch_hvp(op: HessianOperator, v: Any, batch: Any) -> Any:
-    """``(n_b / N) ∇²_θ loss_fn(θ, batch) v`` for one batch of ``n_b`` samples."""
-    batch = _constrain_batch(op, batch)
-    weight = tree.leading_dim(batch) / op.num_samples
-    return tree.scale(hvp(op.loss_fn, op.params, v, batch), weight)
-
-
-@jax.jit
-def _dataset_hvp(op: HessianOperator, v: Any) -> Any:
-    """All batches in one program: ``lax.scan`` over the full batches, then the tail."""
-    body = lambda acc, batch: (tree.add(acc, _weighted_batch_hvp(op, v, batch)), None)
-    total, _ = jax.lax.scan(body, tree.zeros_like(v), op.full)
-    if tree.leading_dim(op.tail):
-        total = tree.add(total, _weighted_batch_hvp(op, v, op.tail))
-    return total
-
-
-@jax.jit
-def _add_batch_hvp(op: HessianOperator, v: Any, total: Any, index: jax.Array) -> Any:
-    batch = jax.tree_util.tree_map(lambda a: a[index], op.full)
-    return tree.add(total, _weighted_batch_hvp(op, v, batch))
-
-
-@jax.jit
-def _add_tail_hvp(op: HessianOperator, v: Any, total: Any) -> Any:
-    return tree.add(total, _weighted_batch_hvp(op, v, op.tail))
-
-
-def _host_dataset_hvp(op: HessianOperator, v: Any) -> Any:
-    """The same sum with the loop over batches in Python (see :mod:`hessjax.loops`)."""
-    total = tree.zeros_like(v)
-    for index in range(tree.leading_dim(op.full)):
-        total = _add_batch_hvp(op, v, total, index)
-    return _add_tail_hvp(op, v, total) if tree.leading_dim(op.tail) else total
+def _batch_hvp(op_and_v: tuple[HessianOperator, Any], batch: Any) -> Any:
+    """``∇²_θ loss_fn(θ, batch) v`` for one batch (mean loss of the batch)."""
+    op, v = op_and_v
+    return hvp(op.loss_fn, op.params, v, _constrain_batch(op, batch))
 
 
 def hessian_operator(
@@ -133,7 +96,8 @@ def hessian_operator(
       loss_fn: ``(params, batch) -> scalar`` mean loss.
       params: the point θ at which the Hessian is taken.
       data: pytree of arrays sharing the leading axis ``N`` (e.g. ``(x, y)``).
-      batch_size: samples per HVP evaluation (memory knob, not a statistical one).
+      batch_size: samples per HVP evaluation (memory knob, not a statistical one); an int or a
+        numpy integer.
       mesh: optional ``jax.sharding.Mesh``; each batch is split over all its devices (data
         parallel), params and vectors are replicated. ``batch_size`` must be divisible by
         ``mesh.size``.
@@ -141,46 +105,51 @@ def hessian_operator(
     Returns:
       A :class:`HessianOperator`; every call reuses one compilation.
     """
-    leaves = jax.tree_util.tree_leaves(data)
-    if not leaves:
-        raise ValueError("data holds no arrays; pass e.g. (x, y) with a shared leading axis")
-    n = leaves[0].shape[0]
-    if any(leaf.shape[:1] != (n,) for leaf in leaves):
-        shapes = [leaf.shape for leaf in leaves]
-        raise ValueError(f"every array in data must share the leading axis N; got shapes {shapes}")
-    if n == 0:
-        raise ValueError("data is empty (N = 0): the mean loss over no samples is undefined")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    batch_size = min(batch_size, n)
+    n = _check_data(data)
+    batch_size = min(check_positive_int("batch_size", batch_size), n)
     if mesh is not None and batch_size % mesh.size:
         raise ValueError(
             f"batch_size={batch_size} is not divisible by the {mesh.size} devices of the mesh; "
             f"choose a multiple of {mesh.size}"
         )
-    num_full = n // batch_size
-
-    def as_array(leaf):
-        return leaf if isinstance(leaf, jax.Array) else np.asarray(leaf)
-
-    cut = num_full * batch_size
-    full = jax.tree_util.tree_map(
-        lambda a: as_array(a)[:cut].reshape(num_full, batch_size, *a.shape[1:]), data
-    )
-    tail = jax.tree_util.tree_map(lambda a: as_array(a)[cut:], data)
-    tail_size = n - cut
+    loss_fn = as_partial(loss_fn)
+    _check_scalar_loss(loss_fn, params, jax.tree_util.tree_map(lambda a: a[:1], data))
+    full, tail = batching.split_batches(data, batch_size)
     if mesh is None:
         full, tail = jax.device_put((full, tail))
     else:
-        full = jax.device_put(full, _batch_spec(mesh, 1))
-        tail_sharding = (
-            _batch_spec(mesh, 0)
-            if tail_size % mesh.size == 0
-            else NamedSharding(mesh, PartitionSpec())
+        full = jax.device_put(full, batch_sharding(mesh, 1))
+        tail_size = tree.leading_dim(tail)
+        tail = jax.device_put(
+            tail, batch_sharding(mesh) if tail_size % mesh.size == 0 else replicated(mesh)
         )
-        tail = jax.device_put(tail, tail_sharding)
-        params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
-    return HessianOperator(_as_partial(loss_fn), params, full, tail, n, mesh)
+        params = jax.device_put(params, replicated(mesh))
+    return HessianOperator(loss_fn, params, full, tail, n, mesh)
+
+
+def _check_data(data: Any) -> int:
+    """``N``, the leading axis shared by every array of ``data``; ValueError naming the problem."""
+    leaves = jax.tree_util.tree_leaves(data)
+    if not leaves:
+        raise ValueError("data holds no arrays; pass e.g. (x, y) with a shared leading axis")
+    n = leaves[0].shape[0] if np.ndim(leaves[0]) else None
+    if n is None or any(np.shape(leaf)[:1] != (n,) for leaf in leaves):
+        shapes = [np.shape(leaf) for leaf in leaves]
+        raise ValueError(f"every array in data must share the leading axis N; got shapes {shapes}")
+    if n == 0:
+        raise ValueError("data is empty (N = 0): the mean loss over no samples is undefined")
+    return int(n)
+
+
+def _check_scalar_loss(loss_fn: Callable, params: Any, batch: Any) -> None:
+    """Fail with a clear message, before any compilation, if ``loss_fn`` is not scalar-valued."""
+    out = jax.eval_shape(loss_fn, params, batch)
+    shape = getattr(out, "shape", None)
+    if shape != ():
+        raise ValueError(
+            f"loss_fn must return a scalar mean loss over the batch; got shape {shape} (for one "
+            "sample). Reduce per-sample losses with .mean(), e.g. hessjax.make_loss_fn"
+        )
 
 
 def subsample(data: Any, num_samples: int, *, key: jax.Array) -> Any:

@@ -12,16 +12,16 @@ All functions are per sample with ``jax.vmap``, processed in chunks of ``batch_s
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
 
-from hessjax import loops
+from hessjax import batching, loops
+from hessjax._internal import ApplyFn, replicated
 
-ApplyFn = Callable[..., jax.Array]
 METHODS = ("exact", "power")
 
 
@@ -50,14 +50,23 @@ def _gradient_norm_of(apply_fn, variables, x, y):
     return jnp.linalg.norm(input_gradient(apply_fn, variables, x, y))
 
 
-def input_gradients(apply_fn: ApplyFn, variables: Any, x, y, *, batch_size: int = 500):
-    """Per-sample input gradients: x (N, ...), y (N,) -> (N, ...)."""
-    return loops.map_samples(_gradient_of, apply_fn, variables, (x, y), batch_size=batch_size)
+def input_gradients(
+    apply_fn: ApplyFn, variables: Any, x, y, *, batch_size: int = 500, mesh: Mesh | None = None
+):
+    """Per-sample input gradients: x (N, ...), y (N,) -> (N, ...). With ``mesh``, each chunk of
+    ``batch_size`` samples is split over its devices (here and in every function below)."""
+    return loops.map_samples(
+        _gradient_of, apply_fn, variables, (x, y), batch_size=batch_size, mesh=mesh
+    )
 
 
-def input_gradient_norms(apply_fn: ApplyFn, variables: Any, x, y, *, batch_size: int = 500):
+def input_gradient_norms(
+    apply_fn: ApplyFn, variables: Any, x, y, *, batch_size: int = 500, mesh: Mesh | None = None
+):
     """(N,) ``‖∇ₓJ(xᵢ, yᵢ)‖₂`` per sample."""
-    return loops.map_samples(_gradient_norm_of, apply_fn, variables, (x, y), batch_size=batch_size)
+    return loops.map_samples(
+        _gradient_norm_of, apply_fn, variables, (x, y), batch_size=batch_size, mesh=mesh
+    )
 
 
 def _logit_jacobian_and_probs(apply_fn, variables, x):
@@ -80,14 +89,18 @@ def _spectrum_of(apply_fn, variables, x):
     return jnp.linalg.eigvalsh(_reduced_input_hessian(apply_fn, variables, x))[::-1]
 
 
-def input_hessian_spectrum(apply_fn: ApplyFn, variables: Any, x, y, *, batch_size: int = 500):
+def input_hessian_spectrum(
+    apply_fn: ApplyFn, variables: Any, x, y, *, batch_size: int = 500, mesh: Mesh | None = None
+):
     """(N, c) eigenvalues of ``∇²ₓJ`` restricted to its range (descending; the rest are 0).
 
     Exact for piecewise-linear nets (ReLU, max-pool, BN in inference mode); does not depend on
     ``y`` (the label only enters ``∇ₓJ``), kept for a uniform signature.
     """
     del y
-    return loops.map_samples(_spectrum_of, apply_fn, variables, (x,), batch_size=batch_size)
+    return loops.map_samples(
+        _spectrum_of, apply_fn, variables, (x,), batch_size=batch_size, mesh=mesh
+    )
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -155,15 +168,20 @@ def _power_all(apply_fn, variables, x, y, keys, tol, max_iters, *, batch_size):
     return jax.lax.map(one, (x, y, keys), batch_size=batch_size)
 
 
-def _power_top_eigenvalue(apply_fn, variables, x, y, key, tol, *, batch_size, max_iters):
-    x, y = jnp.asarray(x), jnp.asarray(y)
-    keys = jax.random.split(key, x.shape[0])
-    if not loops.host_loops() or loops.is_traced((variables, x, y)):
+def _power_top_eigenvalue(apply_fn, variables, x, y, key, tol, *, batch_size, max_iters, mesh):
+    keys = jax.random.split(key, len(y))
+    traced = loops.is_traced((variables, x, y))
+    if traced or (mesh is None and not loops.host_loops()):
+        x, y = jnp.asarray(x), jnp.asarray(y)
         return _power_all(apply_fn, variables, x, y, keys, tol, max_iters, batch_size=batch_size)
-    return loops.map_padded_chunks(
-        lambda c: _power_chunk(apply_fn, variables, *c, tol, max_iters, host=True),
+    if mesh is not None:
+        variables = jax.device_put(variables, replicated(mesh))
+    host = loops.host_loops()
+    return batching.map_chunks(
+        lambda c: _power_chunk(apply_fn, variables, *c, tol, max_iters, host=host),
         (x, y, keys),
         batch_size,
+        mesh=mesh,
     )
 
 
@@ -178,20 +196,35 @@ def input_hessian_eigenvalues(
     tol: float = 1e-6,
     max_iters: int = 200,
     key: jax.Array | None = None,
+    mesh: Mesh | None = None,
 ) -> jax.Array:
     """(N,) dominant eigenvalue ``λ_max(∇²ₓJ(xᵢ, yᵢ))`` per sample.
 
     ``method="exact"``: top eigenvalue of ``S^½ J_z J_zᵀ S^½`` (c reverse passes per sample;
     exact for piecewise-linear nets). ``method="power"``: power iteration on input HVPs, stopping
-    at relative change ``≤ tol`` or ``max_iters`` HVPs; ``key`` (default ``PRNGKey(0)``) draws the
-    start vectors. The input Hessian is PSD (Theorem 1), so power iteration's dominant-magnitude
-    eigenvalue is the largest one.
+    at relative change ``≤ tol`` or ``max_iters`` HVPs; ``key`` (required) draws the start
+    vectors. The input Hessian is PSD (Theorem 1), so power iteration's dominant-magnitude
+    eigenvalue is the largest one. ``mesh``: chunks split over its devices.
     """
     if method == "exact":
-        return input_hessian_spectrum(apply_fn, variables, x, y, batch_size=batch_size)[:, 0]
+        spectrum = input_hessian_spectrum(
+            apply_fn, variables, x, y, batch_size=batch_size, mesh=mesh
+        )
+        return spectrum[:, 0]
     if method == "power":
-        key = jax.random.key(0) if key is None else key
+        if key is None:
+            raise ValueError(
+                "method='power' draws random start vectors: pass key=jax.random.key(0) (any key)"
+            )
         return _power_top_eigenvalue(
-            apply_fn, variables, x, y, key, tol, batch_size=batch_size, max_iters=max_iters
+            apply_fn,
+            variables,
+            x,
+            y,
+            key,
+            tol,
+            batch_size=batch_size,
+            max_iters=max_iters,
+            mesh=mesh,
         )
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")

@@ -25,7 +25,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 from jax.tree_util import Partial
 
-from hessjax import loops, tree
+from hessjax import batching, loops, tree
 from hessjax.hessian import HessianOperator, _constrain_batch
 
 
@@ -52,12 +52,21 @@ class LinearizedHessianOperator:
         return _nbytes((self.full, self.tail))
 
     def __call__(self, v: Any) -> Any:
-        if loops.host_loops() and not loops.is_traced((self, v)):
-            total = tree.zeros_like(v)
-            for index in range(self.num_batches):
-                total = _add_full(self, v, total, index)
-            return _add_tail(self, v, total) if self.tail is not None else total
-        return _all_batches(self, v)
+        return batching.batch_mean(
+            _apply_linear,
+            v,
+            self.full,
+            self.tail,
+            batch_size=self.batch_size,
+            tail_size=self.tail_size,
+            init=tree.zeros_like(v),
+            host=loops.host_loops() and not loops.is_traced((self, v)),
+        )
+
+
+def _apply_linear(v: Any, linear: Partial) -> Any:
+    """One batch's cached ``v -> ∇²_θ loss(θ, batch) v``."""
+    return linear(v)
 
 
 def _nbytes(pytree: Any) -> int:
@@ -131,33 +140,6 @@ def linearize(op: HessianOperator, *, max_bytes: int | None = None) -> Linearize
     tail = _linearize_tail(op) if tail_size else None
     batch_size = tree.leading_dim(op.full, axis=1)
     return LinearizedHessianOperator(stacked, tail, num_full, batch_size, tail_size, op.num_samples)
-
-
-def _weighted(lop: LinearizedHessianOperator, linear: Partial, v: Any, size: int) -> Any:
-    return tree.scale(linear(v), size / lop.num_samples)
-
-
-@jax.jit
-def _add_full(lop: LinearizedHessianOperator, v: Any, total: Any, index: jax.Array) -> Any:
-    linear = jax.tree_util.tree_map(lambda a: a[index], lop.full)
-    return tree.add(total, _weighted(lop, linear, v, lop.batch_size))
-
-
-@jax.jit
-def _add_tail(lop: LinearizedHessianOperator, v: Any, total: Any) -> Any:
-    return tree.add(total, _weighted(lop, lop.tail, v, lop.tail_size))
-
-
-@jax.jit
-def _all_batches(lop: LinearizedHessianOperator, v: Any) -> Any:
-    """All batches in one program: ``lax.scan`` over the full batches' residuals, then the tail."""
-    body = lambda acc, linear: (tree.add(acc, _weighted(lop, linear, v, lop.batch_size)), None)
-    total, _ = jax.lax.scan(body, tree.zeros_like(v), lop.full)
-    return (
-        tree.add(total, _weighted(lop, lop.tail, v, lop.tail_size))
-        if lop.tail is not None
-        else total
-    )
 
 
 __all__ = ["LinearizedHessianOperator", "linearization_bytes", "linearize"]

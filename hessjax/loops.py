@@ -16,7 +16,10 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from hessjax import batching
+from hessjax._internal import replicated
 
 
 def host_loops() -> bool:
@@ -75,38 +78,32 @@ def _mapped_all(fn, apply_fn, shared, args, batch_size, static):
 
 
 def map_samples(
-    fn: Callable, apply_fn: Callable, shared: Any, args: tuple, *, batch_size: int, **static
+    fn: Callable,
+    apply_fn: Callable,
+    shared: Any,
+    args: tuple,
+    *,
+    batch_size: int,
+    mesh: Mesh | None = None,
+    **static,
 ):
     """``[fn(apply_fn, shared, *args_i, **static) for each sample i]``, vmapped in chunks.
 
     ``args`` is a tuple of arrays with a shared leading axis N; ``shared`` (e.g. the model
     variables) is the same for every sample; ``fn`` and ``apply_fn`` are static. In one program
-    this is ``lax.map(..., batch_size=batch_size)``; with host loops (CPU) each chunk is one call
-    of a compiled ``vmap`` (the last chunk padded to full size, so it compiles once).
+    this is ``lax.map(..., batch_size=batch_size)``; with host loops (CPU) or a ``mesh`` each chunk
+    is one call of a compiled ``vmap`` (:func:`hessjax.batching.map_chunks`: the last chunk
+    padded, chunks split over the mesh's devices, ``shared`` replicated).
     """
     static = tuple(sorted(static.items()))
-    if not host_loops() or is_traced((shared, args)):
+    traced = is_traced((shared, args))
+    if traced or (mesh is None and not host_loops()):
         return _mapped_all(fn, apply_fn, shared, args, batch_size=batch_size, static=static)
-    return map_padded_chunks(
-        lambda chunk: _vmapped_chunk(fn, apply_fn, shared, chunk, static), args, batch_size
+    if mesh is not None:
+        shared = jax.device_put(shared, replicated(mesh))
+    return batching.map_chunks(
+        lambda chunk: _vmapped_chunk(fn, apply_fn, shared, chunk, static),
+        args,
+        batch_size,
+        mesh=mesh,
     )
-
-
-def map_padded_chunks(chunk_fn: Callable, args: Any, batch_size: int) -> Any:
-    """``chunk_fn`` on consecutive chunks of ``batch_size`` rows of ``args`` (the last one padded
-    by repeating its last row, so one compilation serves all), outputs cut and concatenated."""
-    n = jax.tree_util.tree_leaves(args)[0].shape[0]
-    outs = []
-    for start in range(0, n, batch_size):
-        size = min(batch_size, n - start)
-        chunk = jax.tree_util.tree_map(
-            lambda a, s=start, m=size: _pad_rows(a[s : s + m], batch_size), args
-        )
-        outs.append(jax.tree_util.tree_map(lambda o, s=size: o[:s], chunk_fn(chunk)))
-    return jax.tree_util.tree_map(lambda *o: jnp.concatenate(o), *outs)
-
-
-def _pad_rows(a, size: int) -> jax.Array:
-    """``a`` with its last row repeated up to ``size`` rows."""
-    a = jnp.asarray(a)
-    return jnp.concatenate([a, jnp.repeat(a[-1:], size - a.shape[0], axis=0)])

@@ -46,7 +46,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from hessjax import loops, tree
+from hessjax._internal import ApplyFn, batch_sharding
 from hessjax.adversarial import Adversary
+from hessjax.evaluation import evaluate, full_gradient_norm
 from hessjax.losses import cross_entropy
 
 __all__ = [
@@ -65,7 +67,6 @@ __all__ = [
     "state_variables",
 ]
 
-ApplyFn = Callable[..., Any]
 
 # ----------------------------------------------------------------------------- state
 
@@ -188,13 +189,6 @@ def learning_rate(opt_state: Any) -> float | None:
 # ----------------------------------------------------------------------------- the step
 
 
-def _batch_sharding(mesh: Mesh | None, leading: int) -> NamedSharding | None:
-    """Sample axis (after ``leading`` axes) split over every axis of the mesh."""
-    if mesh is None:
-        return None
-    return NamedSharding(mesh, PartitionSpec(*([None] * leading), tuple(mesh.axis_names)))
-
-
 @flax.struct.dataclass
 class _Carry:
     """Sums over the micro-batches done so far (gradients, mean losses, correct predictions)."""
@@ -278,13 +272,13 @@ class TrainStep:
     ) -> tuple[_Carry, Any]:
         """Add micro-batch ``j = (x, y)``'s gradient/loss/correct count; update running BN stats."""
         if self.mesh is not None:
-            x, y = jax.lax.with_sharding_constraint((x, y), _batch_sharding(self.mesh, 0))
+            x, y = jax.lax.with_sharding_constraint((x, y), batch_sharding(self.mesh, 0))
         if self.augment is not None:
             x = self.augment(jax.random.fold_in(step_key, j), x)
         if self.adversary is not None:
             x = self.adversary.perturb(self.apply_fn, params, batch_stats, x, y)
             if self.mesh is not None:
-                x = jax.lax.with_sharding_constraint(x, _batch_sharding(self.mesh, 0))
+                x = jax.lax.with_sharding_constraint(x, batch_sharding(self.mesh, 0))
 
         def loss_fn(p):
             logits, new = self.apply_fn(
@@ -337,7 +331,7 @@ class TrainStep:
         num_micro, m = self.micro_batches(len(y))
         step_key = self._key(state)
         carry, stats = self._zeros(state.params), state.batch_stats
-        spec = _batch_sharding(self.mesh, 0)
+        spec = batch_sharding(self.mesh, 0)
         for j in range(num_micro):
             xy = jax.device_put((x[j * m : (j + 1) * m], y[j * m : (j + 1) * m]), spec)
             carry, stats = self._accumulate(carry, stats, state.params, *xy, step_key, j)
@@ -350,7 +344,7 @@ class TrainStep:
             return self._host_update(state, x, y)
         # (B, ...) -> (M, m, ...): numpy arrays are reshaped on the host, jax arrays on device.
         split = lambda a: a.reshape(num_micro, m, *a.shape[1:])
-        xy = jax.device_put((split(x), split(y)), _batch_sharding(self.mesh, 1))
+        xy = jax.device_put((split(x), split(y)), batch_sharding(self.mesh, 1))
         return self._scan_step(state, *xy)
 
     def replicate(self, state: TrainState) -> TrainState:
@@ -358,76 +352,6 @@ class TrainStep:
         if self.mesh is None:
             return state
         return jax.device_put(state, NamedSharding(self.mesh, PartitionSpec()))
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-@jax.jit
-def _eval_sums(apply_fn: Any, variables: Any, x, y, mask) -> tuple[jax.Array, jax.Array]:
-    logits = apply_fn(variables, x)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-    correct = (jnp.argmax(logits, -1) == y).astype(ce.dtype)
-    return jnp.sum(ce * mask), jnp.sum(correct * mask)
-
-
-def _padded_batches(x, y, batch_size: int):
-    """Yield ``(x_b, y_b, mask_b)`` of exactly ``batch_size`` rows (last one zero-padded)."""
-    n = len(y)
-    for start in range(0, n, batch_size):
-        xb, yb = (
-            np.asarray(x[start : start + batch_size]),
-            np.asarray(y[start : start + batch_size]),
-        )
-        pad = batch_size - len(yb)
-        mask = np.concatenate([np.ones(len(yb)), np.zeros(pad)])
-        if pad:
-            xb = np.concatenate([xb, np.zeros((pad, *xb.shape[1:]), xb.dtype)])
-            yb = np.concatenate([yb, np.zeros(pad, yb.dtype)])
-        yield xb, yb, mask
-
-
-def evaluate(
-    apply_fn: ApplyFn, variables: Any, x, y, batch_size: int = 1000, *, mesh: Mesh | None = None
-) -> tuple[float, float]:
-    """``(mean CE, accuracy)`` over all ``N`` samples, ``apply_fn(variables, x)`` (inference mode).
-
-    Batches of ``batch_size`` (the last zero-padded and masked: one compilation, exact for any N),
-    sharded over ``mesh`` when given (``batch_size`` divisible by ``mesh.size``).
-    """
-    n = len(y)
-    batch_size = min(batch_size, n)
-    if mesh is not None:
-        batch_size = -(-batch_size // mesh.size) * mesh.size
-        variables = jax.device_put(variables, NamedSharding(mesh, PartitionSpec()))
-    fn = jax.tree_util.Partial(apply_fn)
-    loss = correct = 0.0
-    for xb, yb, mask in _padded_batches(x, y, batch_size):
-        xb, yb, mask = jax.device_put((xb, yb, mask), _batch_sharding(mesh, 0))
-        batch_loss, batch_correct = _eval_sums(fn, variables, xb, yb, mask)
-        loss, correct = loss + batch_loss, correct + batch_correct
-    return float(loss) / n, float(correct) / n
-
-
-@jax.jit
-def _add_weighted_grad(loss_fn: Any, params: Any, total: Any, batch: Any, weight) -> Any:
-    return tree.add(total, tree.scale(jax.grad(loss_fn)(params, batch), weight))
-
-
-def full_gradient_norm(loss_fn: Callable, params: Any, data: Any, batch_size: int) -> float:
-    """``‖∇_θ (1/N) Σᵢ ℓᵢ(θ)‖₂`` = ``‖Σ_b (n_b/N) ∇_θ loss_fn(θ, batch_b)‖₂`` (Fig. 4).
-
-    ``loss_fn(params, batch)`` returns the MEAN loss of a batch (e.g. :func:`hessjax.make_loss_fn`,
-    BN in inference mode); ``data`` is a pytree of arrays sharing the leading axis ``N``.
-    """
-    from hessjax.hessian import _as_partial
-
-    n = tree.leading_dim(data)
-    fn, total = _as_partial(loss_fn), tree.zeros_like(params)
-    for start in range(0, n, batch_size):
-        batch = jax.tree_util.tree_map(lambda a, s=start: a[s : s + batch_size], data)
-        total = _add_weighted_grad(fn, params, total, batch, tree.leading_dim(batch) / n)
-    return float(tree.norm(total))
 
 
 # ----------------------------------------------------------------------------- fit

@@ -125,7 +125,7 @@ print(
 n = S["power"]
 lam_power = np.asarray(
     hessjax.input_hessian_eigenvalues(
-        apply_fn, variables, x_test[:n], y_test[:n], method="power", batch_size=n
+        apply_fn, variables, x_test[:n], y_test[:n], method="power", batch_size=n, key=jax.random.key(0)
     )
 )
 rel = np.abs(lam_power - lam_x[:n]) / lam_x[:n]

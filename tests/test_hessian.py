@@ -12,7 +12,7 @@ from jax.flatten_util import ravel_pytree
 from nets import MLP, SmallCNN, TinyResNet, init_with_random_bn, random_data
 
 import hessjax
-from hessjax import linearized
+from hessjax import batching, linearized
 
 CASES = {
     "mlp_relu": (MLP((6, 5, 3)), (4,)),
@@ -96,13 +96,14 @@ def test_linearized_operator_is_the_same_hessian(case, batch_size, loop_mode):
 
 def test_linearized_operator_compiles_once_and_checks_memory():
     loss_fn, params, data = _setup("cnn_bn", seed=0, n=11)
-    counted = chex.assert_max_traces(lambda p, b: loss_fn(p, b), n=2)  # full batches + tail
+    # One abstract trace at construction (the scalar-loss check), then full batches + tail.
+    counted = chex.assert_max_traces(lambda p, b: loss_fn(p, b), n=3)
     lop = hessjax.hessian_operator(counted, params, data, batch_size=4).linearize()
     lop(_random_like(params, 0))
-    sizes = linearized._add_full._cache_size(), linearized._add_tail._cache_size()
+    sizes = batching._add_one._cache_size(), batching._all_batches._cache_size()
     for seed in range(1, 4):  # repeated matvecs reuse the compiled pieces
         lop(_random_like(params, seed))
-    assert (linearized._add_full._cache_size(), linearized._add_tail._cache_size()) == sizes
+    assert (batching._add_one._cache_size(), batching._all_batches._cache_size()) == sizes
     op = hessjax.hessian_operator(loss_fn, params, data, batch_size=4)
     with pytest.raises(ValueError, match="MiB of residuals"):
         op.linearize(max_bytes=100)
@@ -120,14 +121,15 @@ def test_operator_compiles_once():
             model.apply({**variables, "params": params}, batch[0]), batch[1]
         )
 
-    # The loss is traced once for the full batches and once for the short tail batch, then never.
-    counted = chex.assert_max_traces(loss, n=2)
+    # The loss is traced once abstractly at construction (scalar check), once for the full
+    # batches and once for the short tail batch, then never.
+    counted = chex.assert_max_traces(loss, n=3)
     op = hessjax.hessian_operator(counted, variables["params"], (x, y), batch_size=4)
     for seed in range(5):
         op(_random_like(variables["params"], seed))
     # eigen solvers call the operator inside their own loops: still no per-iteration retrace.
     chex.clear_trace_counter()
-    counted = chex.assert_max_traces(loss, n=2)
+    counted = chex.assert_max_traces(loss, n=3)
     op = hessjax.hessian_operator(counted, variables["params"], (x, y), batch_size=4)
     hessjax.eigenvalues(op, variables["params"], k=2, key=jax.random.key(0), max_matvecs=30)
 
@@ -140,10 +142,11 @@ def test_make_loss_fn_reuses_compilation_across_checkpoints():
         variables = init_with_random_bn(model, jax.random.key(seed), jnp.asarray(x[:1]))
         loss_fn = hessjax.make_loss_fn(model.apply, variables)
         ops.append(hessjax.hessian_operator(loss_fn, variables["params"], (x, y), batch_size=3))
-    before = hessjax.hessian._dataset_hvp._cache_size()
+    cache = lambda: batching._add_one._cache_size() + batching._all_batches._cache_size()
+    before = cache()
     for op in ops:
         op(op.params)
-    assert hessjax.hessian._dataset_hvp._cache_size() - before <= 1
+    assert cache() - before <= 2  # full batches + tail
 
 
 def test_subsampled_operator_uses_a_random_subset():

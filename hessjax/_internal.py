@@ -1,0 +1,66 @@
+"""Small helpers shared by several hessjax modules (not public API).
+
+* ``ApplyFn``: the type of a Flax ``model.apply``: ``apply_fn(variables, x) -> logits``.
+* :func:`as_partial`: a callable as a pytree whose arrays are jit arguments.
+* :func:`batch_sharding` / :func:`replicated`: where a batch / a shared pytree lives on a mesh.
+* :func:`check_positive_int`: argument checks that accept numpy integers.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+#: ``apply_fn(variables, x) -> logits``, e.g. a Flax ``model.apply`` (BatchNorm in inference mode).
+ApplyFn = Callable[..., jax.Array]
+
+Partial = jax.tree_util.Partial
+
+
+def as_partial(fn: Callable) -> Any:
+    """A callable as a pytree whose arrays become jit arguments and whose function is static.
+
+    Pytree callables (``Partial``, :class:`hessjax.HessianOperator`) pass through; a plain function
+    is wrapped in a leaf-less ``Partial`` (compiled code is then cached on the function's identity).
+    """
+    leaves = jax.tree_util.tree_leaves(fn)
+    return Partial(fn) if len(leaves) == 1 and leaves[0] is fn else fn
+
+
+def batch_sharding(mesh: Mesh | None, leading: int = 0) -> NamedSharding | None:
+    """The sample axis (after ``leading`` axes) split over every axis of ``mesh``; None without."""
+    if mesh is None:
+        return None
+    return NamedSharding(mesh, PartitionSpec(*([None] * leading), tuple(mesh.axis_names)))
+
+
+def replicated(mesh: Mesh | None) -> NamedSharding | None:
+    """Every device of ``mesh`` holds the whole array (None without a mesh)."""
+    return None if mesh is None else NamedSharding(mesh, PartitionSpec())
+
+
+def mesh_size(mesh: Mesh | None) -> int:
+    return 1 if mesh is None else int(mesh.size)
+
+
+def round_up(n: int, multiple: int) -> int:
+    """The smallest multiple of ``multiple`` that is ``>= n``."""
+    return -(-int(n) // multiple) * multiple
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    """``value`` as a Python int if it is an integral scalar (int or numpy integer) >= 1."""
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    try:
+        as_int = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a positive int, got {value!r}") from None
+    if as_int < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(as_int)

@@ -1,0 +1,146 @@
+"""The two ways hessjax walks a data set in pieces of a fixed size (one compilation per size).
+
+* :func:`map_chunks`: a per-sample function over all ``N`` samples, ``batch_size`` rows per
+  compiled call; the last chunk is padded by repeating its last row and the padded outputs are
+  dropped, so every call sees one shape. Evaluation, input gradients and Hessians, and attacks.
+* :func:`split_batches` + :func:`batch_mean`: the mean over the data set of a quantity defined on
+  batches by a MEAN loss (a gradient, a Hessian-vector product):
+  ``(1/N) Σᵢ qᵢ = Σ_b (n_b / N) q(batch_b)``, exact for any ``N`` because the short last batch
+  ("tail") is weighted by its size. Hessian operators and full-batch gradients.
+
+With a ``jax.sharding.Mesh`` every chunk / batch is split over all its devices along the sample
+axis (chunk sizes are rounded up to a multiple of the device count).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from hessjax import tree
+from hessjax._internal import batch_sharding, mesh_size, round_up
+
+
+def _pad_rows(a, size: int):
+    """``a`` with its last row repeated up to ``size`` rows (numpy stays numpy)."""
+    xp = np if isinstance(a, np.ndarray) else jnp
+    if a.shape[0] == size:
+        return a
+    return xp.concatenate([a, xp.repeat(a[-1:], size - a.shape[0], axis=0)])
+
+
+def chunk_size(n: int, batch_size: int, mesh: Mesh | None = None) -> int:
+    """Rows per chunk: ``min(batch_size, n)`` rounded up to a multiple of the mesh's devices."""
+    return round_up(max(min(int(batch_size), int(n)), 1), mesh_size(mesh))
+
+
+def map_chunks(
+    chunk_fn: Callable[[Any], Any], args: Any, batch_size: int, *, mesh: Mesh | None = None
+) -> Any:
+    """``chunk_fn`` on consecutive chunks of the rows of ``args``, outputs concatenated.
+
+    ``args``: pytree of arrays sharing the leading axis ``N`` (numpy or jax). ``chunk_fn(chunk)``
+    returns a pytree whose leaves have the chunk's rows as leading axis. Each chunk has
+    :func:`chunk_size` rows (the last one padded by repeating its last row; its padded outputs are
+    cut), placed on ``mesh`` split along the rows when given. Returns jax arrays with leading
+    axis ``N``.
+    """
+    n = tree.leading_dim(args)
+    if n == 0:
+        raise ValueError("no samples: the arrays have a leading axis of 0")
+    size = chunk_size(n, batch_size, mesh)
+    sharding = batch_sharding(mesh)
+    outs = []
+    for start in range(0, n, size):
+        count = min(size, n - start)
+        chunk = jax.tree_util.tree_map(
+            lambda a, s=start, c=count: _pad_rows(a[s : s + c], size), args
+        )
+        if sharding is not None:
+            chunk = jax.device_put(chunk, sharding)
+        outs.append(jax.tree_util.tree_map(lambda o, c=count: o[:c], chunk_fn(chunk)))
+    if len(outs) == 1:
+        return outs[0]
+    return jax.tree_util.tree_map(lambda *o: jnp.concatenate(o), *outs)
+
+
+# ----------------------------------------------------------------------------- batch means
+
+
+def split_batches(data: Any, batch_size: int) -> tuple[Any, Any]:
+    """``data`` (leading axis ``N``) as ``(full, tail)``: ``full`` with leading axes
+    ``(N // batch_size, batch_size)`` and ``tail`` the last ``N mod batch_size`` samples (numpy
+    stays numpy: nothing is placed on a device)."""
+    n = tree.leading_dim(data)
+    num_full = n // batch_size
+    cut = num_full * batch_size
+
+    def as_array(a):
+        return a if isinstance(a, jax.Array) else np.asarray(a)
+
+    full = jax.tree_util.tree_map(
+        lambda a: as_array(a)[:cut].reshape(num_full, batch_size, *a.shape[1:]), data
+    )
+    tail = jax.tree_util.tree_map(lambda a: as_array(a)[cut:], data)
+    return full, tail
+
+
+def _weighted(term, args, item, size: int, num_samples: int):
+    return tree.scale(term(args, item), size / num_samples)
+
+
+@functools.partial(jax.jit, static_argnames=("term", "batch_size", "tail_size"))
+def _all_batches(term, args, full, tail, init, *, batch_size, tail_size):
+    """Every batch in one program: ``lax.scan`` over ``full``, then the tail."""
+    n = tree.leading_dim(full) * batch_size + tail_size
+    body = lambda acc, item: (tree.add(acc, _weighted(term, args, item, batch_size, n)), None)
+    total, _ = jax.lax.scan(body, init, full)
+    if tail_size:
+        total = tree.add(total, _weighted(term, args, tail, tail_size, n))
+    return total
+
+
+@functools.partial(jax.jit, static_argnames=("term", "size", "num_samples"))
+def _add_one(term, args, total, items, index, *, size, num_samples):
+    item = items if index is None else jax.tree_util.tree_map(lambda a: a[index], items)
+    return tree.add(total, _weighted(term, args, item, size, num_samples))
+
+
+def batch_mean(
+    term: Callable[[Any, Any], Any],
+    args: Any,
+    full: Any,
+    tail: Any,
+    *,
+    batch_size: int,
+    tail_size: int,
+    init: Any,
+    host: bool,
+) -> Any:
+    """``Σ_b (n_b / N) · term(args, item_b)`` over the items of ``full`` (leading axis: batches
+    of ``batch_size`` samples) and ``tail`` (``tail_size`` samples; ignored when 0), starting
+    from ``init`` (zeros shaped like the result); ``N = num_batches · batch_size + tail_size``.
+
+    An item is a batch of data, or anything stacked per batch (cached residuals). ``term`` must be
+    a module-level function (it is a static jit argument: one compilation per ``term``).
+    ``host=True`` loops over the batches in Python around one compiled step per batch (the CPU
+    default, see :mod:`hessjax.loops`); ``host=False`` runs everything as one program.
+    """
+    num_full = tree.leading_dim(full) if jax.tree_util.tree_leaves(full) else 0
+    n = num_full * batch_size + tail_size
+    if not host:
+        return _all_batches(
+            term, args, full, tail, init, batch_size=batch_size, tail_size=tail_size
+        )
+    total = init
+    for index in range(num_full):
+        total = _add_one(term, args, total, full, index, size=batch_size, num_samples=n)
+    if tail_size:
+        total = _add_one(term, args, total, tail, None, size=tail_size, num_samples=n)
+    return total
