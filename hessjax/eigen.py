@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from hessjax import lanczos, loops
-from hessjax.hessian import _as_partial
+from hessjax._internal import as_partial as _as_partial
 
 METHODS = ("lanczos", "power")
 

@@ -19,8 +19,8 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from hessjax import lanczos, loops
+from hessjax._internal import as_partial as _as_partial
 from hessjax.eigen import _flat_matvec
-from hessjax.hessian import _as_partial
 
 
 def _trace_samples_impl(matvec, params, key, *, num_samples, host):
