@@ -85,7 +85,14 @@ def test_psd_check_detects_smooth_nets():
     top = np.abs(evals).max(axis=1)
     assert np.any(evals.min(axis=1) < -1e-6 * top)
     power = hessjax.input_hessian_eigenvalues(
-        apply_fn, variables, 3 * x, y, method="power", tol=1e-12, max_iters=3000, key=jax.random.key(1)
+        apply_fn,
+        variables,
+        3 * x,
+        y,
+        method="power",
+        tol=1e-12,
+        max_iters=3000,
+        key=jax.random.key(1),
     )
     dominant = np.where(np.abs(evals[:, 0]) > evals[:, -1], evals[:, 0], evals[:, -1])
     np.testing.assert_allclose(power, dominant, rtol=1e-4)
