@@ -4,7 +4,7 @@ A functional reimplementation of Yao, Gholami, Lei, Keutzer & Mahoney, "Hessian-
 Large Batch Training and Robustness to Adversaries" (NeurIPS 2018).
 """
 
-from hessjax import attacks, data, models, train
+from hessjax import adversarial, attacks, data, evaluation, landscape, models, train
 from hessjax.eigen import EigenResult, eigenvalues
 from hessjax.hessian import (
     HessianOperator,
@@ -34,6 +34,7 @@ from hessjax.spectral import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "adversarial",
     "attacks",
     "EigenResult",
     "Quadrature",
@@ -44,12 +45,14 @@ __all__ = [
     "dense_hessian",
     "density",
     "eigenvalues",
+    "evaluation",
     "hessian_operator",
     "hvp",
     "input_gradient_norms",
     "input_gradients",
     "input_hessian_eigenvalues",
     "input_hessian_spectrum",
+    "landscape",
     "linearization_bytes",
     "make_loss_fn",
     "models",

@@ -1,4 +1,4 @@
-"""First- and second-order adversarial attacks on the input (PAPER.md, "Attacks (Table 5)").
+"""First- and second-order adversarial attacks on the input (docs/paper.md, "Attacks (Table 5)").
 
 For one sample, ``J(x) = CE(apply_fn(variables, x[None])[0], y)``, ``g = ∇ₓJ`` and ``H = ∇²ₓJ``
 (``hessjax.input_hessian``). Every attack returns ``clip(x + Δx)`` elementwise into ``clip = (lo,
@@ -13,6 +13,9 @@ l2_grad   GRAD          ``Δx = ε·g/‖g‖₂``
 fhsm      FHSM          ``Δx = ε·sign(p)``, ``H p = g`` solved by conjugate gradient from 0
 l2_hess   HESS          ``Δx = ε·p/‖p‖₂``, same ``p``
 ========  ============  =====================================================================
+
+The table is :data:`REGISTRY`: one :class:`AttackSpec` per attack (key, paper name, function,
+norm of its ε, keyword options); :func:`spec` and :func:`get` take a key or a paper name.
 
 ``Π_ε`` projects onto the L∞ ball of radius ε around the clean ``x``. A zero direction (``g = 0`` or
 ``p = 0``) gives no perturbation. For ReLU nets ``H = J_zᵀ(diag s − s sᵀ)J_z`` is PSD of rank
@@ -29,6 +32,7 @@ Samples are processed with ``jax.vmap`` in chunks of ``batch_size`` (``jax.lax.m
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -43,8 +47,8 @@ from hessjax._internal import ApplyFn, check_positive_int, replicated
 from hessjax.input_hessian import input_gradient, input_hvp
 
 __all__ = [
-    "ATTACKS",
-    "DISPLAY_NAMES",
+    "REGISTRY",
+    "AttackSpec",
     "CGInfo",
     "CGResult",
     "accuracy",
@@ -58,6 +62,7 @@ __all__ = [
     "l2_hess",
     "newton_direction",
     "newton_directions",
+    "spec",
 ]
 
 
@@ -387,31 +392,63 @@ def ifgsm(
 
 # ----------------------------------------------------------------------------- registry
 
-ATTACKS: dict[str, Callable] = {
-    "fgsm": fgsm,
-    "fgsm10": ifgsm,
-    "l2_grad": l2_grad,
-    "fhsm": fhsm,
-    "l2_hess": l2_hess,
+
+@dataclasses.dataclass(frozen=True)
+class AttackSpec:
+    """One attack of the registry: everything the rest of hessjax needs to know about it.
+
+    ``key``: the registry key (``"fgsm10"``); ``display``: the paper's name (``"FGSM-10"``);
+    ``fn``: the attack function; ``norm``: the ball ``eps`` is the radius of (``"linf"`` or
+    ``"l2"``); ``options``: the keyword options the attack takes beyond the common ones
+    (``clip``, ``batch_size``), e.g. ``("steps", "step_size")`` for FGSM-10.
+    """
+
+    key: str
+    display: str
+    fn: Callable
+    norm: str
+    options: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.norm not in ("linf", "l2"):
+            raise ValueError(f"norm must be 'linf' or 'l2', got {self.norm!r}")
+
+    def pick_options(self, **available: Any) -> dict[str, Any]:
+        """The entries of ``available`` this attack takes, without those whose value is None:
+        ``spec("fhsm").pick_options(steps=10, cg_iters=20) == {"cg_iters": 20}``."""
+        return {k: v for k, v in available.items() if k in self.options and v is not None}
+
+
+_CG = ("cg_iters", "cg_tol")
+
+#: The paper's five attacks, by registry key, in the paper's order (Table 5).
+REGISTRY: dict[str, AttackSpec] = {
+    s.key: s
+    for s in (
+        AttackSpec("fgsm", "FGSM", fgsm, "linf"),
+        AttackSpec("fgsm10", "FGSM-10", ifgsm, "linf", ("steps", "step_size")),
+        AttackSpec("l2_grad", "GRAD", l2_grad, "l2"),
+        AttackSpec("fhsm", "FHSM", fhsm, "linf", _CG),
+        AttackSpec("l2_hess", "HESS", l2_hess, "l2", _CG),
+    )
 }
-DISPLAY_NAMES: dict[str, str] = {
-    "fgsm": "FGSM",
-    "fgsm10": "FGSM-10",
-    "l2_grad": "GRAD",
-    "fhsm": "FHSM",
-    "l2_hess": "HESS",
-}
+
+
+def spec(name: str) -> AttackSpec:
+    """The :class:`AttackSpec` of a registry key (``"fgsm10"``) or a paper name (``"FGSM-10"``,
+    ``"hess"``: any case). ValueError listing the valid names otherwise."""
+    if isinstance(name, str):
+        lowered = name.lower()
+        for s in REGISTRY.values():
+            if lowered in (s.key, s.display.lower()):
+                return s
+    valid = ", ".join(f"{s.key!r} ({s.display})" for s in REGISTRY.values())
+    raise ValueError(f"unknown attack {name!r}; valid names: {valid}")
 
 
 def get(name: str) -> Callable:
-    """The attack for a registry key (``"fgsm10"``) or a paper name (``"FGSM-10"``, any case)."""
-    if name in ATTACKS:
-        return ATTACKS[name]
-    by_display = {v.lower(): k for k, v in DISPLAY_NAMES.items()}
-    if isinstance(name, str) and name.lower() in by_display:
-        return ATTACKS[by_display[name.lower()]]
-    valid = ", ".join(f"{k!r} ({v})" for k, v in DISPLAY_NAMES.items())
-    raise ValueError(f"unknown attack {name!r}; valid names: {valid}")
+    """The attack function of a registry key or paper name: ``spec(name).fn``."""
+    return spec(name).fn
 
 
 # ----------------------------------------------------------------------------- accuracy

@@ -261,10 +261,10 @@ plt.show()
 
 # %%
 x_att, y_att = x_test[: S["attack"]], y_test[: S["attack"]]
-NORM = {name: "l2" if name.startswith("l2") else "linf" for name in attacks.ATTACKS}
+NORM = {name: spec.norm for name, spec in attacks.REGISTRY.items()}
 EPS = {"linf": EPS_LINF, "l2": EPS_L2}
 adv_grid = {}  # name -> (E, N, 28, 28, 1): one adversarial set per ε of the grid
-for name in attacks.ATTACKS:
+for name in attacks.REGISTRY:
     kwargs = dict(return_info=True) if name == "fhsm" else {}
     out = attacks.get(name)(
         apply_fn, variables, x_att, y_att, EPS_GRID[NORM[name]], clip=CLIP, **kwargs
@@ -285,7 +285,7 @@ for name, x_adv in adversarial.items():
     delta = (x_adv - x_att).reshape(len(y_att), -1)
     acc = attacks.accuracy(apply_fn, variables, x_adv, y_att)
     print(
-        f"{attacks.DISPLAY_NAMES[name]:>8} {EPS[NORM[name]]:>5} {acc:>9.3f} "
+        f"{attacks.spec(name).display:>8} {EPS[NORM[name]]:>5} {acc:>9.3f} "
         f"{np.abs(delta).max():>9.3f} {np.linalg.norm(delta, axis=1).mean():>11.3f}"
     )
 
@@ -300,7 +300,7 @@ images = {"clean": x_att[:show]}
 for name, x_adv in adversarial.items():
     images[name] = x_adv[:show]
     pred[name] = np.asarray(apply_fn(variables, x_adv[:show]).argmax(-1))
-label = lambda name: "clean" if name == "clean" else attacks.DISPLAY_NAMES[name]
+label = lambda name: "clean" if name == "clean" else attacks.spec(name).display
 
 fig, axes = plt.subplots(len(images), show, figsize=(1.6 * show, 1.75 * len(images)))
 for r, (name, imgs) in enumerate(images.items()):
@@ -340,11 +340,11 @@ plt.show()
 fig, axes = plt.subplots(1, 2, figsize=(11, 4))
 for ax, norm in zip(axes, ("linf", "l2"), strict=True):
     eps = [0.0, *EPS_GRID[norm]]
-    for name in (n for n in attacks.ATTACKS if NORM[n] == norm):
+    for name in (n for n in attacks.REGISTRY if NORM[n] == norm):
         acc = [clean_acc] + [
             attacks.accuracy(apply_fn, variables, a, y_att) for a in adv_grid[name]
         ]
-        ax.plot(eps, acc, "o-", label=attacks.DISPLAY_NAMES[name])
+        ax.plot(eps, acc, "o-", label=attacks.spec(name).display)
     ax.axvline(EPS[norm], color="gray", ls=":", label="ε of the pictures")
     title = "L∞" if norm == "linf" else "L2"
     ax.set(

@@ -1,5 +1,7 @@
 """Robust training in the engine: hessjax.adversarial and TrainStep(..., adversary=...)."""
 
+import dataclasses
+import json
 import textwrap
 
 import chex
@@ -12,20 +14,51 @@ from nets import MLP, SmallCNN, init_with_random_bn, random_data
 
 import hessjax
 from hessjax import train
-from hessjax.adversarial import Adversary
+from hessjax.adversarial import Adversary, adversary_errors
 
 
 def test_adversary_settings_and_one_message_for_bad_ones():
-    a = Adversary("FGSM-10", 0.3, 0.5, (0, 1), steps=3)
-    assert a.attack == "fgsm10" and a.norm == "linf" and a.attack_kwargs == (("steps", 3),)
-    assert Adversary("HESS", 1.0).norm == "l2"
-    assert a == Adversary("fgsm10", 0.3, 0.5, (0.0, 1.0), steps=3) and hash(a) == hash(a)
+    a = Adversary("FGSM-10", 0.3, 0.5, (0, 1), options={"steps": 3})
+    assert dataclasses.is_dataclass(a)
+    assert a.attack == "fgsm10" and a.norm == "linf" and a.options == (("steps", 3),)
+    assert a.clip == (0.0, 1.0) and isinstance(a.eps, float)
+    assert Adversary("HESS", 1.0).norm == "l2" and Adversary().attack == "fgsm"
+    same = Adversary("fgsm10", 0.3, 0.5, (0.0, 1.0), options=(("steps", np.int64(3)),))
+    assert a == same and hash(a) == hash(same)
+    assert a != Adversary("fgsm10", 0.3, 0.5, (0.0, 1.0), options={"steps": 4})
+    # options: a dict or pairs, sorted, None (the attack's default) dropped
+    hess = Adversary("l2_hess", 1.0, options={"cg_tol": 1e-5, "cg_iters": 3})
+    assert hess.options == (("cg_iters", 3), ("cg_tol", 1e-5))
+    assert Adversary("fgsm10", options={"step_size": None}).options == ()
+    spec = hessjax.attacks.spec("fhsm")
+    picked = Adversary("fhsm", 0.1, options=spec.pick_options(steps=10, cg_iters=5))
+    assert picked.options == (("cg_iters", 5),)
+    # to_dict is JSON-ready and round-trips
+    d = a.to_dict()
+    assert d == {
+        "attack": "fgsm10",
+        "eps": 0.3,
+        "fraction": 0.5,
+        "clip": [0.0, 1.0],
+        "options": {"steps": 3},
+    }
+    assert Adversary(**json.loads(json.dumps(d))) == a
     assert [Adversary("fgsm", 0.1, f).num_adversarial(8) for f in (0, 0.3, 0.5, 1)] == [0, 2, 4, 8]
     with pytest.raises(ValueError) as err:
         Adversary("pgd", -0.1, 1.5)
     msg = str(err.value)
     assert "unknown attack 'pgd'" in msg and "eps must be" in msg and "fraction must be" in msg
-    with pytest.raises(AttributeError):
+    # an option the attack does not take, a bad option value and a bad clip: one message
+    with pytest.raises(ValueError) as err:
+        Adversary("fhsm", 0.1, clip=(1, 0), options={"steps": 3, "cg_iters": 0})
+    msg = str(err.value)
+    assert "does not take option 'steps'" in msg and "cg_iters, cg_tol" in msg, msg
+    assert "cg_iters must be an int >= 1" in msg and "clip must be" in msg, msg
+    with pytest.raises(ValueError, match="options must be a dict"):
+        Adversary("fgsm10", options=("steps",))
+    assert adversary_errors("fgsm", 0.1, 1.0) == []
+    assert len(adversary_errors("fgsm", -1, 2, (1, 0))) == 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
         a.eps = 1.0
 
 
@@ -71,7 +104,8 @@ def test_robust_step_equals_manual_fgsm_with_inference_bn(loop_mode):
         model.apply, tx, micro_batch_size=m, adversary=Adversary("fgsm", eps, fraction, clip)
     )
     state, metrics = step(train.init_state(variables, tx, 0), x, y)
-    lr = float(np.float32(lr))  # optax.inject_hyperparams keeps the rate in float32
+    # optax.inject_hyperparams applies the rate in the params' dtype (here float64)
+    assert state.opt_state.hyperparams["learning_rate"].dtype == jnp.float64
     manual = jax.jit(lambda v: _manual_robust_step(model, v, x, y, m, eps, fraction, clip, lr))
     params, stats, loss = manual(variables)
     chex.assert_trees_all_close(state.params, params, rtol=1e-10, atol=1e-12)
@@ -113,7 +147,7 @@ def test_robust_steps_lower_the_adversarial_loss():
     g = jax.grad(ce)(p0, x_adv)
     sq = sum(float(jnp.sum(leaf**2)) for leaf in jax.tree_util.tree_leaves(g))
     decrease = float(ce(p0, x_adv) - ce(state.params, x_adv))
-    np.testing.assert_allclose(decrease, float(np.float32(lr)) * sq, rtol=0.02)
+    np.testing.assert_allclose(decrease, lr * sq, rtol=0.02)
 
     # Many steps: robust training lowers the adversarial loss far more than clean training.
     tx = train.make_optimizer(0.1)
@@ -152,12 +186,12 @@ def test_fit_budget_knobs():
 
 
 def test_robust_fit_interrupt_and_resume_equals_straight_run(tmp_path):
-    attack, kw = "l2_hess", {"cg_iters": 3}  # CG in a lax.while_loop inside the step
+    attack, options = "l2_hess", {"cg_iters": 3}  # CG in a lax.while_loop inside the step
     model = SmallCNN()
     x, y = random_data(2, 16, (6, 6, 2), 3)
     variables = model.init(jax.random.key(0), jnp.asarray(x[:1]))
     tx = train.make_optimizer(0.05)
-    adv = Adversary(attack, 0.3, 0.5, (-2.0, 2.0), **kw)
+    adv = Adversary(attack, 0.3, 0.5, (-2.0, 2.0), options=options)
     step = train.TrainStep(model.apply, tx, micro_batch_size=4, adversary=adv)
     kw = dict(batch_size=8, seed=1, verbose=False)
     fresh = lambda: train.init_state(variables, tx, 3)

@@ -1,6 +1,8 @@
 """Adversarial attacks against hand computations and dense per-sample input Hessians."""
 
+import dataclasses
 import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +14,7 @@ from nets import MLP, SmallCNN, init_with_random_bn, random_data
 from hessjax import attacks, data
 from hessjax.input_hessian import sample_loss
 
-ALL = sorted(attacks.ATTACKS)
+ALL = sorted(attacks.REGISTRY)
 CASES = {
     "mlp_relu": (MLP((6, 5, 3)), (4,)),
     "cnn_bn": (SmallCNN(), (6, 6, 2)),
@@ -176,12 +178,52 @@ def test_bad_arguments_raise(name):
 
 
 def test_registry():
+    assert list(attacks.REGISTRY) == ["fgsm", "fgsm10", "l2_grad", "fhsm", "l2_hess"]
+    assert [s.display for s in attacks.REGISTRY.values()] == [
+        "FGSM",
+        "FGSM-10",
+        "GRAD",
+        "FHSM",
+        "HESS",
+    ]
+    assert all(attacks.REGISTRY[k].key == k for k in attacks.REGISTRY)
     assert attacks.get("fgsm10") is attacks.ifgsm is attacks.get("FGSM-10")
     assert attacks.get("HESS") is attacks.l2_hess and attacks.get("grad") is attacks.l2_grad
-    assert sorted(attacks.DISPLAY_NAMES) == ALL
-    assert list(attacks.DISPLAY_NAMES.values()) == ["FGSM", "FGSM-10", "GRAD", "FHSM", "HESS"]
+    assert attacks.spec("fgsm-10") is attacks.spec("fgsm10") is attacks.REGISTRY["fgsm10"]
+    norms = {k: s.norm for k, s in attacks.REGISTRY.items()}
+    assert norms == {
+        "fgsm": "linf",
+        "fgsm10": "linf",
+        "l2_grad": "l2",
+        "fhsm": "linf",
+        "l2_hess": "l2",
+    }
+    options = {k: s.options for k, s in attacks.REGISTRY.items()}
+    assert options == {
+        "fgsm": (),
+        "fgsm10": ("steps", "step_size"),
+        "l2_grad": (),
+        "fhsm": ("cg_iters", "cg_tol"),
+        "l2_hess": ("cg_iters", "cg_tol"),
+    }
+    # every declared option is a keyword argument of the attack function
+    for s in attacks.REGISTRY.values():
+        params = inspect.signature(s.fn).parameters
+        assert all(params[o].kind is inspect.Parameter.KEYWORD_ONLY for o in s.options), s.key
     with pytest.raises(ValueError, match="unknown attack 'pgd'.*FGSM-10"):
         attacks.get("pgd")
+    with pytest.raises(ValueError, match="unknown attack None"):
+        attacks.spec(None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        attacks.REGISTRY["fgsm"].norm = "l2"
+
+
+def test_pick_options_keeps_only_the_attacks_own_set_options():
+    available = dict(steps=10, step_size=None, cg_iters=20, cg_tol=1e-5)
+    assert attacks.spec("fgsm").pick_options(**available) == {}
+    assert attacks.spec("FGSM-10").pick_options(**available) == {"steps": 10}
+    assert attacks.spec("fhsm").pick_options(**available) == {"cg_iters": 20, "cg_tol": 1e-5}
+    assert attacks.spec("HESS").pick_options(cg_iters=None, steps=3) == {}
 
 
 def test_new_eps_and_variables_do_not_retrace():

@@ -47,7 +47,8 @@ def test_ghost_batchnorm_statistics_per_micro_batch(loop_mode):
     variables = init_with_random_bn(model, jax.random.key(0), jnp.asarray(x[:1]))
     lr, m = 0.05, 4
     state, metrics = _run_steps(model, variables, x, y, micro=m, steps=1, lr=lr)
-    lr = float(np.float32(lr))  # optax.inject_hyperparams keeps the rate in float32
+    # optax.inject_hyperparams applies the rate in the params' dtype (here float64)
+    assert state.opt_state.hyperparams["learning_rate"].dtype == jnp.float64
 
     # Manual: gradient and loss of each micro-batch with its own BN statistics; running stats
     # updated micro-batch after micro-batch; one SGD step (first momentum step: v = g).
@@ -243,3 +244,171 @@ def test_evaluate_and_full_gradient_norm_against_dense():
     full = jax.grad(loss_fn)(params, (x, y))
     ref = float(jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree_util.tree_leaves(full))))
     assert train.full_gradient_norm(loss_fn, params, (x, y), 5) == pytest.approx(ref, rel=1e-10)
+
+
+def _closed_form(lr, schedule, bounds=None, batch_size=None, base=None, warmup=0):
+    """The hand-written schedules optax replaced, as formulas: ``step -> rate`` (float64)."""
+    bounds = sorted((bounds or {}).items())
+    decay = lambda t: float(np.prod([s for b, s in bounds if t >= b])) if bounds else 1.0
+    if schedule == "constant":
+        return lambda t: lr
+    if schedule == "step":
+        return lambda t: lr * decay(t)
+    peak = lr * batch_size / base
+    return lambda t: lr + (peak - lr) * t / max(warmup, 1) if t < warmup else peak * decay(t)
+
+
+@pytest.mark.parametrize(
+    "schedule, kw",
+    [
+        ("constant", {}),
+        ("step", dict(boundaries_and_scales={0: 0.5, 7: 0.2, 30: 0.1, 31: 3.0})),
+        ("goyal", dict(batch_size=512, base_batch_size=128, warmup_steps=0)),
+        ("goyal", dict(batch_size=512, base_batch_size=128, warmup_steps=10)),
+        # boundaries before, at and after the end of the warm-up, two at the same shifted step
+        (
+            "goyal",
+            dict(
+                batch_size=1024,
+                base_batch_size=128,
+                warmup_steps=12,
+                boundaries_and_scales={3: 0.5, 5: 0.1, 12: 0.2, 20: 0.5},
+            ),
+        ),
+        (
+            "goyal",
+            dict(
+                batch_size=256,
+                base_batch_size=128,
+                warmup_steps=0,
+                boundaries_and_scales={0: 0.5, 4: 0.1},
+            ),
+        ),
+    ],
+)
+def test_optax_schedules_equal_the_closed_forms(schedule, kw):
+    lr = 0.05
+    sched = train.make_schedule(lr, schedule, **kw)
+    bounds = kw.get("boundaries_and_scales")
+    ref = _closed_form(
+        lr,
+        schedule,
+        bounds,
+        kw.get("batch_size"),
+        kw.get("base_batch_size"),
+        kw.get("warmup_steps", 0),
+    )
+    steps = np.arange(60)
+    got = np.array([float(sched(jnp.asarray(t, jnp.int32))) for t in steps])
+    want = np.array([ref(int(t)) for t in steps])
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    # a whole array of steps at once (what inject_hyperparams never needs, but a plot does)
+    np.testing.assert_allclose(np.asarray(sched(jnp.asarray(steps))) * np.ones(60), want, rtol=1e-6)
+    # each scale starts applying exactly at its boundary (past the warm-up)
+    warmup = kw.get("warmup_steps", 0)
+    for b in bounds or {}:
+        if b >= warmup and b > 0:
+            assert got[b] != pytest.approx(got[b - 1], rel=1e-3) or ref(b) == ref(b - 1), b
+
+
+def test_schedule_errors():
+    with pytest.raises(ValueError, match="unknown schedule 'cosine'"):
+        train.make_schedule(0.1, "cosine")
+    with pytest.raises(ValueError, match="batch_size and base_batch_size"):
+        train.make_schedule(0.1, "goyal", warmup_steps=5)
+    with pytest.raises(ValueError, match="scales >= 0"):
+        train.make_schedule(0.1, "step", boundaries_and_scales={3: -0.5})
+
+
+def test_make_optimizer_for_a_config_section():
+    import types
+
+    spe = 4
+    section = types.SimpleNamespace(
+        lr=0.1, momentum=0.8, lr_decay_epochs=[2, 3], lr_decay_factor=0.5
+    )
+    model, variables, x, y = _mlp_setup(n=8)
+
+    def rates(tx, n=16):
+        state, step = train.init_state(variables, tx, 0), train.TrainStep(model.apply, tx)
+        out = []
+        for _ in range(n):
+            state, _ = step(state, x, y)
+            out.append(train.learning_rate(state.opt_state))
+        return out, state
+
+    got, state = rates(train.make_optimizer_for(section, spe))
+    assert got == pytest.approx([0.1] * 8 + [0.05] * 4 + [0.025] * 4)
+    assert float(state.opt_state.hyperparams["momentum"]) == pytest.approx(0.8)
+    # a mapping works too; no decay epochs: constant
+    flat = {"lr": 0.1, "momentum": 0.9, "lr_decay_epochs": [], "lr_decay_factor": 0.5}
+    assert rates(train.make_optimizer_for(flat, spe), 3)[0] == pytest.approx([0.1] * 3)
+    # goyal: warm-up from lr to lr * 512/128 over 1 epoch, then the same decay
+    goyal = train.make_optimizer_for(
+        section, spe, schedule="goyal", batch_size=512, base_batch_size=128, warmup_epochs=1
+    )
+    expected = train.make_schedule(
+        0.1,
+        "goyal",
+        batch_size=512,
+        base_batch_size=128,
+        warmup_steps=spe,
+        boundaries_and_scales=train.epochs_to_steps([2, 3], 0.5, spe),
+    )
+    assert rates(goyal)[0] == pytest.approx([float(expected(t)) for t in range(16)], rel=1e-6)
+    assert rates(goyal)[0][:5] == pytest.approx([0.1, 0.175, 0.25, 0.325, 0.4], rel=1e-6)
+    with pytest.raises(ValueError, match="no field 'lr'"):
+        train.make_optimizer_for({"momentum": 0.9}, spe)
+
+
+def _small_fit_setup():
+    model = SmallCNN()
+    x, y = random_data(4, 16, (6, 6, 2), 3)
+    variables = model.init(jax.random.key(0), jnp.asarray(x[:1]))
+    tx = train.make_optimizer(0.05)
+    step = train.TrainStep(model.apply, tx, micro_batch_size=4)
+    return step, lambda: train.init_state(variables, tx, 1), x, y
+
+
+def test_restore_returns_the_checkpoint_without_training(tmp_path, capsys):
+    step, fresh, x, y = _small_fit_setup()
+    work = tmp_path / "run"
+    assert train.restore(step, fresh(), work) is None and not work.exists()  # nothing created
+    work.mkdir()
+    assert train.restore(step, fresh(), work) is None
+    result = train.fit(step, fresh(), x, y, batch_size=8, num_epochs=2, workdir=work, verbose=False)
+    capsys.readouterr()
+    state, status, epoch = train.restore(step, fresh(), work)
+    assert (status, epoch) == ("max_epochs", 2) and int(state.step) == 4
+    chex.assert_trees_all_close(state, result.state, rtol=0, atol=0)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "restored" in out[0] and "epoch 2" in out[0], out
+    assert train.restore(step, fresh(), work, verbose=False) is not None
+    assert capsys.readouterr().out == ""
+    # fit with num_epochs=0 restores too, but reports no "finished" (it trained nothing)
+    again = train.fit(step, fresh(), x, y, batch_size=8, num_epochs=0, workdir=work)
+    assert again.epoch == 2 and again.history == []
+    assert "finished" not in capsys.readouterr().out
+    fresh_run = train.fit(step, fresh(), x, y, batch_size=8, num_epochs=0)
+    assert fresh_run.epoch == 0 and "finished" not in capsys.readouterr().out
+
+
+def test_unfinished_checkpoint_save_is_discarded_with_one_line(tmp_path, capsys, caplog):
+    step, fresh, x, y = _small_fit_setup()
+    work = tmp_path / "run"
+    kw = dict(batch_size=8, workdir=work, seed=2)
+    straight = train.fit(step, fresh(), x, y, num_epochs=2, batch_size=8, seed=2, verbose=False)
+    train.fit(step, fresh(), x, y, num_epochs=1, verbose=False, **kw)
+    # what a run killed while saving epoch 2 leaves behind
+    (work / "2.orbax-checkpoint-tmp" / "default").mkdir(parents=True)
+    (work / "2.orbax-checkpoint-tmp" / "default" / "junk").write_text("partial")
+    capsys.readouterr()
+    with caplog.at_level("WARNING"):
+        resumed = train.fit(step, fresh(), x, y, num_epochs=2, **kw)
+    out = capsys.readouterr().out
+    assert f"discarding an unfinished checkpoint save in {work} (interrupted run)" in out, out
+    assert out.count("discarding") == 1
+    assert "not finalized" not in caplog.text and "not finalized" not in out
+    assert sorted(p.name for p in work.iterdir() if "orbax" in p.name) == []
+    assert resumed.epoch == 2
+    chex.assert_trees_all_close(straight.state, resumed.state, rtol=1e-12, atol=1e-14)
