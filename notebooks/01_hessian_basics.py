@@ -14,8 +14,9 @@
 # %% [markdown]
 # # 01 · Hessian basics: exact HVPs, top eigenvalues, trace and spectral density
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/ORG/hessjax/blob/main/notebooks/01_hessian_basics.ipynb)
-# (replace `ORG` with the repository's owner).
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/hessjax/blob/main/notebooks/01_hessian_basics.ipynb)
+# (the badge opens `OWNER/hessjax`; for another copy see `notebooks/README.md`). On Colab, set
+# `HESSJAX_REPO_URL` to the repository's URL before the set-up cell: it installs hessjax from there.
 #
 # On a network small enough for a dense `jax.hessian`, this notebook checks every weight-Hessian
 # tool of `hessjax` against dense truth:
@@ -31,19 +32,38 @@
 # dense Hessian exists (see notebook 02).
 
 # %%
-# Set-up. On Colab (or anywhere hessjax is not importable) install it from the repository.
-REPO_URL = "https://github.com/ORG/hessjax"  # <-- PLACEHOLDER: set to the repository's URL
+# Set-up. Where hessjax is not importable (Colab), this cell installs it with one pip command from
+# the repository at $HESSJAX_REPO_URL. On Colab, first run a cell with
+#     %env HESSJAX_REPO_URL=https://github.com/<owner>/hessjax
+# (the repository this notebook comes from, or your fork), then this one.
 import importlib.util
+import os
 import subprocess
-import sys
 
-if importlib.util.find_spec("hessjax") is None:
-    if "/ORG/" in REPO_URL:
-        raise RuntimeError("hessjax is not installed: set REPO_URL in this cell to its repository")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", f"hessjax[notebooks] @ git+{REPO_URL}"],
-        check=True,
-    )
+REPO_URL = os.environ.get("HESSJAX_REPO_URL") or "https://github.com/<owner>/hessjax"
+
+
+def install_command(repo_url: str, have_hessjax: bool) -> list[str] | None:
+    """The pip command that installs hessjax from ``repo_url``; None when hessjax is importable.
+    RuntimeError naming HESSJAX_REPO_URL while ``repo_url`` is still the placeholder."""
+    import sys
+
+    if have_hessjax:
+        return None
+    if not repo_url or "<owner>" in repo_url:
+        raise RuntimeError(
+            "hessjax is not installed and HESSJAX_REPO_URL is not set: run a cell with "
+            "`%env HESSJAX_REPO_URL=https://github.com/<owner>/hessjax` (the URL of the hessjax "
+            "repository or your fork) before this one, then run this cell again"
+        )
+    url = repo_url.removeprefix("git+")
+    return [sys.executable, "-m", "pip", "install", "-q", f"hessjax[notebooks] @ git+{url}"]
+
+
+command = install_command(REPO_URL, importlib.util.find_spec("hessjax") is not None)
+if command is not None:
+    print(*command)
+    subprocess.run(command, check=True)
 
 import jax
 

@@ -14,8 +14,9 @@
 # %% [markdown]
 # # 03 · The input Hessian, Theorem 1, and five attacks
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/ORG/hessjax/blob/main/notebooks/03_input_hessian_and_attacks.ipynb)
-# (replace `ORG` with the repository's owner).
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/hessjax/blob/main/notebooks/03_input_hessian_and_attacks.ipynb)
+# (the badge opens `OWNER/hessjax`; for another copy see `notebooks/README.md`). On Colab, set
+# `HESSJAX_REPO_URL` to the repository's URL before the set-up cell: it installs hessjax from there.
 #
 # For one sample, `J(x) = CE(z(x), y)` with logits `z`. Yao et al. (2018) show (Theorem 1,
 # Proposition 2) that for ReLU networks the Hessian with respect to the *input*,
@@ -28,19 +29,38 @@
 #    adversarial images and perturbations, and the accuracy under each.
 
 # %%
-# Set-up. On Colab (or anywhere hessjax is not importable) install it from the repository.
-REPO_URL = "https://github.com/ORG/hessjax"  # <-- PLACEHOLDER: set to the repository's URL
+# Set-up. Where hessjax is not importable (Colab), this cell installs it with one pip command from
+# the repository at $HESSJAX_REPO_URL. On Colab, first run a cell with
+#     %env HESSJAX_REPO_URL=https://github.com/<owner>/hessjax
+# (the repository this notebook comes from, or your fork), then this one.
 import importlib.util
+import os
 import subprocess
-import sys
 
-if importlib.util.find_spec("hessjax") is None:
-    if "/ORG/" in REPO_URL:
-        raise RuntimeError("hessjax is not installed: set REPO_URL in this cell to its repository")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", f"hessjax[notebooks] @ git+{REPO_URL}"],
-        check=True,
-    )
+REPO_URL = os.environ.get("HESSJAX_REPO_URL") or "https://github.com/<owner>/hessjax"
+
+
+def install_command(repo_url: str, have_hessjax: bool) -> list[str] | None:
+    """The pip command that installs hessjax from ``repo_url``; None when hessjax is importable.
+    RuntimeError naming HESSJAX_REPO_URL while ``repo_url`` is still the placeholder."""
+    import sys
+
+    if have_hessjax:
+        return None
+    if not repo_url or "<owner>" in repo_url:
+        raise RuntimeError(
+            "hessjax is not installed and HESSJAX_REPO_URL is not set: run a cell with "
+            "`%env HESSJAX_REPO_URL=https://github.com/<owner>/hessjax` (the URL of the hessjax "
+            "repository or your fork) before this one, then run this cell again"
+        )
+    url = repo_url.removeprefix("git+")
+    return [sys.executable, "-m", "pip", "install", "-q", f"hessjax[notebooks] @ git+{url}"]
+
+
+command = install_command(REPO_URL, importlib.util.find_spec("hessjax") is not None)
+if command is not None:
+    print(*command)
+    subprocess.run(command, check=True)
 
 import jax
 
@@ -59,7 +79,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import hessjax
-from hessjax import attacks
+from hessjax import attacks, evaluation
 
 # train images / epochs; test images for the per-sample quantities and for the attacks; samples
 # for the dense input Hessian and for power iteration.
@@ -97,7 +117,7 @@ fit = hessjax.train.fit(
 )
 variables = hessjax.train.state_variables(fit.state)
 apply_fn = model.apply
-test_loss, test_acc = hessjax.train.evaluate(apply_fn, variables, x_test, y_test)
+test_loss, test_acc = evaluation.evaluate(apply_fn, variables, x_test, y_test)
 print(
     f"trained {fit.epoch} epoch(s) on {len(y_train)} images: "
     f"train accuracy {fit.history[-1]['train_accuracy']:.3f}, "
@@ -125,7 +145,13 @@ print(
 n = S["power"]
 lam_power = np.asarray(
     hessjax.input_hessian_eigenvalues(
-        apply_fn, variables, x_test[:n], y_test[:n], method="power", batch_size=n, key=jax.random.key(0)
+        apply_fn,
+        variables,
+        x_test[:n],
+        y_test[:n],
+        method="power",
+        batch_size=n,
+        key=jax.random.key(0),
     )
 )
 rel = np.abs(lam_power - lam_x[:n]) / lam_x[:n]

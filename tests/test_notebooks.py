@@ -1,20 +1,25 @@
 """The notebooks in notebooks/: each jupytext source (``NN_name.py``, percent format) matches its
-committed ``NN_name.ipynb`` (outputs stripped), and each notebook runs top to bottom with nbclient
-at ``HESSJAX_SCALE=smoke``, failing on any cell error.
+committed ``NN_name.ipynb`` (outputs stripped); every notebook has the same Colab set-up cell, whose
+install decision (``install_command``, extracted from the source with ``ast``) is tested here
+without network; no notebook imports ``experiments`` or clones the repository; and each notebook
+runs top to bottom with nbclient at ``HESSJAX_SCALE=smoke``, failing on any cell error.
 
 The kernel is this interpreter (``sys.executable``), whatever kernelspecs the machine has
 installed: a kernelspec named ``python3`` pointing at ``sys.executable`` is written to a temporary
 ``JUPYTER_PATH`` folder, which Jupyter searches first, and the test checks ``sys.executable`` in
-the kernel. The kernel runs in a temporary folder (notebooks write their run folders there) with
-the repository on ``PYTHONPATH`` (for ``experiments``) and ``HESSJAX_DATA_DIR`` set to the shared
-data; notebooks that need real MNIST are skipped when there is none.
+the kernel. The kernel runs in a temporary folder with the repository on ``PYTHONPATH`` (so that it
+imports this checkout's hessjax) and ``HESSJAX_DATA_DIR`` set to the shared data; notebooks that
+need real MNIST are skipped when there is none.
 """
 
+import ast
 import json
 import os
 import pathlib
+import re
 import sys
 import time
+import types
 
 import pytest
 from conftest import REPO, shared_data_dir
@@ -29,6 +34,94 @@ def test_every_notebook_has_a_source_and_a_notebook():
     assert NOTEBOOKS, f"no notebooks in {NOTEBOOK_DIR}"
     ipynbs = sorted(p.stem for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
     assert ipynbs == NOTEBOOKS, "every notebooks/NN_*.py needs its .ipynb and vice versa"
+
+
+REPO_URL_ENV = "HESSJAX_REPO_URL"
+
+
+def _source(name: str) -> str:
+    return (NOTEBOOK_DIR / f"{name}.py").read_text(encoding="utf-8")
+
+
+def _setup_cell(name: str) -> str:
+    """The code cell (percent format) that defines ``install_command``."""
+    cells = re.split(r"^# %%.*\n", _source(name), flags=re.MULTILINE)
+    (cell,) = [c for c in cells if "def install_command(" in c]
+    return cell
+
+
+def _setup_namespace(name: str, env: dict[str, str]) -> dict:
+    """``install_command`` and ``REPO_URL`` of a notebook's set-up cell, taken from its source with
+    ``ast`` and executed with ``os.environ`` = ``env`` (nothing else of the cell runs: no import
+    check, no pip)."""
+    source = _source(name)
+    tree = ast.parse(source)
+    wanted = [
+        node
+        for node in tree.body
+        if (isinstance(node, ast.FunctionDef) and node.name == "install_command")
+        or (
+            isinstance(node, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == "REPO_URL" for t in node.targets)
+        )
+    ]
+    assert len(wanted) == 2, f"{name}: needs one REPO_URL = ... and one def install_command"
+    namespace = {"os": types.SimpleNamespace(environ=env)}
+    for node in wanted:
+        exec(compile(ast.get_source_segment(source, node), f"{name}.py", "exec"), namespace)
+    return namespace
+
+
+def test_every_notebook_has_the_same_setup_cell():
+    cells = {name: _setup_cell(name) for name in NOTEBOOKS}
+    first = cells[NOTEBOOKS[0]]
+    for name, cell in cells.items():
+        assert cell == first, f"{name}'s set-up cell differs from {NOTEBOOKS[0]}'s: copy it"
+    assert first.rstrip().endswith("print(jax.devices())")
+    assert f'os.environ.get("{REPO_URL_ENV}")' in first
+    assert first.count('"pip", "install"') == 1  # one pip install
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_install_command_offline(name):
+    url = "https://github.com/someone/hessjax"
+    expected = [sys.executable, "-m", "pip", "install", "-q", f"hessjax[notebooks] @ git+{url}"]
+
+    unset = _setup_namespace(name, {})
+    install_command, placeholder = unset["install_command"], unset["REPO_URL"]
+    # installed: nothing to do, whatever the URL
+    assert install_command(placeholder, True) is None
+    assert install_command(url, True) is None
+    # not installed, HESSJAX_REPO_URL unset (placeholder) or empty: an error naming the variable
+    for bad in (placeholder, ""):
+        with pytest.raises(RuntimeError, match=REPO_URL_ENV):
+            install_command(bad, False)
+    assert _setup_namespace(name, {REPO_URL_ENV: ""})["REPO_URL"] == placeholder
+    # not installed, URL set: exactly one pip command
+    repo_url = _setup_namespace(name, {REPO_URL_ENV: url})["REPO_URL"]
+    assert repo_url == url
+    assert install_command(repo_url, False) == expected
+    assert install_command(f"git+{url}", False) == expected
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_uses_the_installed_library_only(name):
+    tree = ast.parse(_source(name))
+    modules = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            modules.add(node.module or "")
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "import_module":
+            modules.update(a.value for a in node.args if isinstance(a, ast.Constant))
+    assert not {m for m in modules if m.split(".")[0] == "experiments"}, (
+        f"{name} imports experiments/, which is not installed by pip; use hessjax only"
+    )
+    code = "\n".join(
+        line for line in _source(name).splitlines() if not line.lstrip().startswith("#")
+    )
+    assert "clone" not in code, f"{name} clones the repository; install with pip instead"
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -64,6 +157,7 @@ def kernel_dir(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_at_smoke_scale(name, kernel_dir, tmp_path, monkeypatch):
     nbclient = pytest.importorskip(
