@@ -1,11 +1,13 @@
-"""Smoke test of experiments/batch_sweep.py: the m1 smoke config end to end on real MNIST."""
+"""The batch-sweep study (experiments/batch_sweep.py) through the runner, on real MNIST/CIFAR."""
 
 import json
 
 import pytest
 
-from experiments import batch_sweep
+from experiments import batch_sweep, runner
 from experiments.configs import c1, c2, cr, m1
+
+STUDY = batch_sweep.STUDY
 
 
 def _smoke(data_dir):
@@ -18,7 +20,7 @@ def test_configs_build_for_every_scale():
     for module in (m1, c1, c2, cr):
         for scale in ("paper", "cpu", "smoke"):
             config = module.get_config(scale)
-            batch_sweep.validate(config)
+            runner.validate(STUDY, config)
             assert config.hessian.k >= 2 and config.target_loss == 0.001
     for module in (m1, c1, c2):
         assert len(module.get_config("cpu").batch_sizes) >= 5
@@ -34,14 +36,16 @@ def test_bad_configs_fail_with_one_message():
     config.model = "m9"
     config.fgsm_eps = [-0.1, 0.1]
     config.batch_sizes = [48]
-    with pytest.raises(ValueError) as err:
-        batch_sweep.validate(config)
+    config.lr = -0.01
+    with pytest.raises(runner.ConfigError) as err:
+        runner.validate(STUDY, config)
     msg = str(err.value)
     assert "unknown model" in msg and "fgsm_eps" in msg and "not divisible" in msg
+    assert "lr must be a finite number > 0" in msg
     config = m1.get_config("smoke")
     config.dataset = "cifar10"
-    with pytest.raises(ValueError, match="takes inputs"):
-        batch_sweep.validate(config)
+    with pytest.raises(runner.ConfigError, match="takes inputs"):
+        runner.validate(STUDY, config)
 
 
 def test_spearman():
@@ -52,14 +56,17 @@ def test_spearman():
 def test_smoke_sweep_end_to_end_and_resume(data_dir, tmp_path, monkeypatch):
     config = _smoke(data_dir)
     workdir = tmp_path / "run"
-    results = batch_sweep.run_sweep(config, workdir)
+    results = runner.run(STUDY, config, workdir)
 
     saved = json.loads((workdir / "results.json").read_text())
-    assert saved["config_name"] == "m1_smoke"
+    assert set(saved) == {"config", "runs", "summary", "environment"}
+    assert saved["config"]["name"] == "m1_smoke"
+    assert saved["environment"]["device_count"] >= 1 and saved["environment"]["jax_version"]
     assert set(saved["runs"]) == {"bs32_seed0", "bs128_seed0"}
     k = config.hessian.k
-    for run in saved["runs"].values():
+    for name, run in saved["runs"].items():
         assert run["status"] in ("converged", "max_epochs")
+        assert "training" in run["seconds"] and "train: loss and accuracy" in run["seconds"]
         for split in ("train", "test"):
             r = run[split]
             assert 0.0 <= r["accuracy"] <= 1.0 and r["loss"] > 0
@@ -72,7 +79,8 @@ def test_smoke_sweep_end_to_end_and_resume(data_dir, tmp_path, monkeypatch):
             grid = config.landscape.grid
             assert len(r["landscape_2d"]["loss"]) == grid
             assert len(r["landscape_2d"]["loss"][0]) == grid
-        assert (workdir / f"bs{run['batch_size']}_seed0" / "test_input_lambda_max.npy").exists()
+        assert (workdir / name / "test_input_lambda_max.npy").exists()
+        assert json.loads((workdir / name / "record.json").read_text()) == run
     rho = saved["summary"]["spearman_lambda_max_vs_batch"]
     assert set(rho) == {"train", "test"}
     assert results["summary"] == saved["summary"]
@@ -81,25 +89,41 @@ def test_smoke_sweep_end_to_end_and_resume(data_dir, tmp_path, monkeypatch):
     rows = [line for line in table.splitlines() if line.startswith("| ") and "Batch" not in line]
     assert [row.split("|")[1].strip() for row in rows] == ["32", "128"]
     assert "λ_max^θ" in table and "FGSM ε₁" in table and "Spearman" in table
-    for name in ("fig1_spectrum", "fig2_landscape_1d", "fig3_landscape_2d", "fig4_training"):
+    for name in ("fig1_spectrum", "fig2_landscape_1d", "fig3_landscape_2d"):
         png = workdir / "figures" / f"{name}.png"
         assert png.exists() and png.stat().st_size > 1000
+    # One epoch per run: a training-curve figure would show one point per line.
+    assert not (workdir / "figures" / "fig4_training.png").exists()
     assert json.loads((workdir / "config.json").read_text())["name"] == "m1_smoke"
 
     # Running again neither retrains nor re-analyses a finished run.
     def boom(*args, **kwargs):
         raise AssertionError("a finished run was redone")
 
-    monkeypatch.setattr(batch_sweep, "train_run", boom)
-    monkeypatch.setattr(batch_sweep, "analyze", boom)
-    again = batch_sweep.run_sweep(config, workdir)
+    monkeypatch.setattr(STUDY, "train", boom)
+    monkeypatch.setattr(STUDY, "analyze", boom)
+    again = runner.run(STUDY, config, workdir)
     assert again["runs"] == saved["runs"]
+
+    # A truncated results.json is rebuilt from the per-run records.
+    (workdir / "results.json").write_text(json.dumps(saved)[:200])
+    rebuilt = runner.run(STUDY, config, workdir)
+    assert rebuilt["runs"] == saved["runs"]
+    monkeypatch.undo()
 
     # A workdir holding another config's run is refused before any work.
     other = _smoke(data_dir)
     other.lr = 0.5
-    with pytest.raises(ValueError, match="another config"):
-        batch_sweep.run_sweep(other, workdir)
+    with pytest.raises(runner.ConfigError, match="another config"):
+        runner.run(STUDY, other, workdir)
+
+    # --analyze_only re-measures from the checkpoints: the same numbers.
+    reanalysed = runner.run(STUDY, config, workdir, analyze_only=True)
+    for name, run in saved["runs"].items():
+        assert reanalysed["runs"][name]["train"]["eigenvalues"] == pytest.approx(
+            run["train"]["eigenvalues"], rel=1e-5
+        )
+        assert reanalysed["runs"][name]["status"] == run["status"]
 
 
 def test_history_keeps_the_last_record_of_each_epoch(tmp_path):
@@ -120,15 +144,23 @@ def test_fig4_tracking_measures_the_trained_model(data_dir, tmp_path):
 
     config = _smoke(data_dir)
     config.batch_sizes = [64]
+    config.num_epochs = 2
     config.track.tol = 1e-3
     config.track.max_matvecs = 30
-    data = batch_sweep.load_data(config)
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    model, variables, _, epochs = batch_sweep.train_run(config, data, 64, 0, run_dir)
-    last = batch_sweep.read_history(run_dir / "metrics.jsonl")[-1]
-    assert last["epoch"] == epochs == config.num_epochs
+    results = runner.run(STUDY, config, tmp_path / "run")
+    run = results["runs"]["bs64_seed0"]
+    last = run["history"][-1]
+    assert last["epoch"] == run["epochs"] == config.num_epochs
+    assert (tmp_path / "run" / "figures" / "fig4_training.png").stat().st_size > 1000
 
+    data = runner.load_data(config)
+    model = runner.get_model(config.model)
+    step_like = hessjax.train.TrainStep(model.apply, hessjax.train.make_optimizer(0.1))
+    state = hessjax.train.init_state(hessjax.models.init(model, jax.random.key(0)), step_like.tx, 0)
+    restored, _, _ = hessjax.train.restore(
+        step_like, state, tmp_path / "run" / "bs64_seed0" / "ckpt"
+    )
+    variables = hessjax.train.state_variables(restored)
     n = config.track.num_samples
     x, y = data["train"][0][:n], data["train"][1][:n]
     loss_fn = hessjax.make_loss_fn(model.apply, variables)
@@ -141,48 +173,15 @@ def test_fig4_tracking_measures_the_trained_model(data_dir, tmp_path):
     assert last["grad_norm"] == pytest.approx(norm, rel=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", [c1, c2, cr], ids=["c1", "c2", "cr"])
 def test_cifar_smoke_sweeps_end_to_end(module, data_dir, tmp_path):
     config = module.get_config("smoke")
     config.data_dir = str(data_dir)
-    results = batch_sweep.run_sweep(config, tmp_path / "run")
+    results = runner.run(STUDY, config, tmp_path / "run")
     assert len(results["runs"]) == len(config.batch_sizes)
     table = (tmp_path / "run" / "table.md").read_text()
     assert ("λ_max^x" in table) == config.input_hessian.enabled  # Table 2 has no such column
     for run in results["runs"].values():
         assert len(run["history"]) == config.num_epochs and "lambda_max" in run["history"][0]
         assert len(run["test"]["eigenvalues"]) == config.hessian.k
-    assert (tmp_path / "run" / "figures" / "fig4_training.png").exists()
-
-
-MESH_SWEEP_SCRIPT = """
-import jax
-from experiments import batch_sweep
-from experiments.configs import m1
-
-config = m1.get_config("smoke")
-mesh = batch_sweep.make_mesh(config)
-assert mesh is not None and mesh.size == 4, mesh
-batch_sweep.validate(config)  # micro-batches of 32 split over 4 devices
-config.micro_batch_size = 30
-config.batch_sizes = [30, 90]
-config.hessian.batch_size = 30
-try:
-    batch_sweep.validate(config)
-except ValueError as e:
-    msg = str(e)
-    assert "cannot be split over 4 devices" in msg and "Hessian batches of 30" in msg, msg
-else:
-    raise AssertionError("no error")
-config.data_parallel = False
-batch_sweep.validate(config)
-assert batch_sweep.make_mesh(config) is None
-print("MESH_OK")
-"""
-
-
-def test_sweep_uses_every_device_and_checks_divisibility():
-    from fake_devices import run_on_fake_devices
-
-    out = run_on_fake_devices(MESH_SWEEP_SCRIPT, 4, timeout=120)
-    assert "MESH_OK" in out and out.rstrip().endswith("DEVICES 4"), out[-2000:]

@@ -19,6 +19,7 @@ pixel units; the FGSM perturbation at ε∞ = 0.2 has L2 norm 5.6), for training
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 SCALES = ("paper", "cpu", "smoke")
 ATTACKS = ["fgsm", "fgsm10", "l2_grad", "fhsm", "l2_hess"]
@@ -30,9 +31,9 @@ def base_config(scale: str) -> ml_collections.ConfigDict:
     c.scale = scale
     c.dataset = "mnist"
     c.model = "m1"
-    c.data_dir = None  # None: $HESSJAX_DATA_DIR, then tensorflow_datasets
-    c.train_limit = None  # None: the whole split
-    c.test_limit = None
+    c.data_dir = placeholder(str)  # None: $HESSJAX_DATA_DIR, then tensorflow_datasets
+    c.train_limit = placeholder(int)  # None: the whole split
+    c.test_limit = placeholder(int)
     c.seed = 0
     c.batch_size = 128
     c.micro_batch_size = 128
@@ -59,30 +60,34 @@ def base_config(scale: str) -> ml_collections.ConfigDict:
     c.robust.cg_iters = 10  # CG iterations of FHSM/HESS during training (rank <= c - 1 = 9)
 
     c.evaluation = ml_collections.ConfigDict()
-    c.evaluation.num_samples = None  # test samples attacked; None: the whole test subset
+    c.evaluation.num_samples = placeholder(
+        int
+    )  # test samples attacked; None: the whole test subset
     c.evaluation.batch_size = 500  # samples per attack call
     c.evaluation.eps_linf = 0.2
     c.evaluation.eps_l2 = 4.0
     c.evaluation.cg_iters = 20
 
     c.hessian = ml_collections.ConfigDict()
-    c.hessian.num_samples = None  # "full" Hessian: None = the whole training subset
+    c.hessian.num_samples = placeholder(int)  # "full" Hessian: None = the whole training subset
     c.hessian.batch_size = 1000  # samples per HVP evaluation (memory knob only)
     c.hessian.k = 20
     c.hessian.method = "lanczos"  # or "power" (the paper's deflated power iteration)
     c.hessian.tol = 1e-4
-    c.hessian.max_matvecs = None
+    c.hessian.max_matvecs = placeholder(int)
     c.hessian.subsample_sizes = [1, 128]  # b_H (PAPER.md [choice])
     c.hessian.num_subsets = 3  # random subsets per b_H
     c.hessian.num_negative = 3  # most negative eigenvalues reported at b_H = 1
     c.hessian.subsample_tol = 1e-3
-    c.hessian.subsample_max_matvecs = None
+    c.hessian.subsample_max_matvecs = placeholder(int)
 
     c.interpolation = ml_collections.ConfigDict()
     c.interpolation.alpha_min = -0.5  # PAPER.md [choice]
     c.interpolation.alpha_max = 1.5
     c.interpolation.num_points = 41
-    c.interpolation.num_samples = None  # train/test samples per loss; None: the whole subsets
+    c.interpolation.num_samples = placeholder(
+        int
+    )  # train/test samples per loss; None: the whole subsets
     return c
 
 

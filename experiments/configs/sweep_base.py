@@ -7,6 +7,7 @@ their defaults, the ``smoke`` reduction and the scale check live here once.
 from __future__ import annotations
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 SCALES = ("paper", "cpu", "smoke")
 
@@ -41,9 +42,9 @@ def sweep_config(
     c.scale = scale
     c.dataset = dataset
     c.model = model
-    c.data_dir = None  # None: $HESSJAX_DATA_DIR, then tensorflow_datasets
-    c.train_limit = None  # None: the whole split
-    c.test_limit = None
+    c.data_dir = placeholder(str)  # None: $HESSJAX_DATA_DIR, then tensorflow_datasets
+    c.train_limit = placeholder(int)  # None: the whole split
+    c.test_limit = placeholder(int)
     c.batch_sizes = list(batch_sizes)
     # Ghost BN: a batch larger than micro_batch_size is accumulated from micro-batches of that
     # size (BN statistics per micro-batch); smaller batches are one micro-batch.
@@ -61,16 +62,18 @@ def sweep_config(
     c.eval_batch_size = 1000
 
     c.hessian = ml_collections.ConfigDict()
-    c.hessian.num_samples = None  # None: the whole train (test) subset, as in the paper
+    c.hessian.num_samples = placeholder(int)  # None: the whole train (test) subset, as in the paper
     c.hessian.batch_size = hessian_batch_size  # samples per HVP evaluation (memory knob only)
     c.hessian.k = 20
     c.hessian.method = "lanczos"  # or "power" (the paper's deflated power iteration)
     c.hessian.tol = 1e-4
-    c.hessian.max_matvecs = None  # None: hessjax.eigen.default_max_matvecs
+    c.hessian.max_matvecs = placeholder(int)  # None: hessjax.eigen.default_max_matvecs
 
     c.input_hessian = ml_collections.ConfigDict()
     c.input_hessian.enabled = True  # False: skip ‖∇ₓJ‖ and λ_max^x (Table 2 has no such columns)
-    c.input_hessian.num_samples = None  # also the FGSM evaluation set; None: the whole subset
+    c.input_hessian.num_samples = placeholder(
+        int
+    )  # also the FGSM evaluation set; None: the whole subset
     c.input_hessian.batch_size = input_batch_size
 
     c.fgsm_eps = list(fgsm_eps)  # eps1, eps2 in the units the model sees (PAPER.md [choice])
@@ -80,7 +83,9 @@ def sweep_config(
     c.landscape.t_max = 0.5
     c.landscape.num_points = 41  # Fig. 2: points along the top eigenvector
     c.landscape.grid = 21  # Fig. 3: grid x grid points on the plane of v1, v2
-    c.landscape.num_samples = None  # samples for each landscape loss; None: hessian.num_samples
+    c.landscape.num_samples = placeholder(
+        int
+    )  # samples for each landscape loss; None: hessian.num_samples
 
     # Fig. 4: λ_max of the weight Hessian and the full gradient norm after every `every` epochs
     # (0 disables), on the first `num_samples` training samples, Lanczos k=1 to `tol`.

@@ -20,6 +20,7 @@ lr scaling with warm-up ("FB") and robust (adversarial) training; test accuracy 
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 SCALES = ("paper", "cpu", "smoke")
 METHODS = ["baseline", "fb", "robust"]
@@ -34,9 +35,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.scale = scale
     c.dataset = "cifar10"
     c.model = "c1"
-    c.data_dir = None  # None: $HESSJAX_DATA_DIR, then tensorflow_datasets
-    c.train_limit = None  # None: all 50,000 training images
-    c.test_limit = None
+    c.data_dir = placeholder(str)  # None: $HESSJAX_DATA_DIR, then tensorflow_datasets
+    c.train_limit = placeholder(int)  # None: all 50,000 training images
+    c.test_limit = placeholder(int)
     c.seed = 0
     c.batch_sizes = [8000, 10000, 25000, 50000]
     c.micro_batch_size = 125
@@ -46,9 +47,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.lr_decay_epochs = [30, 60]
     c.lr_decay_factor = 0.2
     c.num_epochs = 90
-    c.max_steps_per_epoch = None  # None: full epochs
+    c.max_steps_per_epoch = placeholder(int)  # None: full epochs
     c.eval_batch_size = 1000
-    c.eval_limit = None  # training samples for the per-epoch loss (divergence check); None: all
+    c.eval_limit = placeholder(
+        int
+    )  # training samples for the per-epoch loss (divergence check); None: all
     c.divergence_factor = 10.0
 
     c.fb = ml_collections.ConfigDict()
