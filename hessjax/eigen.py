@@ -10,6 +10,11 @@ the compiled program):
   already found (deflation); stops when ``|λ − λ_prev| ≤ tol · |λ_prev|``. Power iteration finds
   the eigenvalues of largest *magnitude*: the same as the largest algebraic ones when the top of
   the spectrum dominates (trained networks), not when large negative eigenvalues exist.
+
+Both stop at the first matvec that returns NaN or inf and raise :class:`NonFiniteError` (a
+``FloatingPointError``) naming the likely causes, instead of iterating on NaN. Under an outer
+``jax.jit`` nothing can be raised: the loop still stops there and the results are NaN with
+``converged=False``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from jax.flatten_util import ravel_pytree
 
 from hessjax import lanczos, loops
 from hessjax._internal import as_partial as _as_partial
+from hessjax.lanczos import NonFiniteError
+
+__all__ = ["METHODS", "EigenResult", "NonFiniteError", "default_max_matvecs", "eigenvalues"]
 
 METHODS = ("lanczos", "power")
 
@@ -98,13 +106,23 @@ def _lanczos_update(k: int):
     return update
 
 
+def _solver_name(method: str) -> str:
+    return f"hessjax.eigenvalues(method={method!r})"
+
+
 def _lanczos_top_k(mv, v0, key, k, tol, num_steps, host):
     carry = (lanczos.init(v0, num_steps), jnp.zeros((), bool), key, jnp.asarray(tol, v0.dtype))
-    state, converged, _, _ = loops.matvec_loop(
-        mv, _lanczos_prepare, _lanczos_update(k), _lanczos_continue, carry, host=host
+    (state, converged, _, _), bad = lanczos.guarded_matvec_loop(
+        mv,
+        _lanczos_prepare,
+        _lanczos_update(k),
+        _lanczos_continue,
+        carry,
+        host=host,
+        solver=_solver_name("lanczos"),
     )
     values, vectors, residuals = _top_ritz_pairs(state, k)
-    return values, vectors, residuals, state.step, converged
+    return values, vectors, residuals, state.step, converged, bad
 
 
 def _deflate(found, w):
@@ -131,8 +149,9 @@ def _power_update(carry, hv):
     return found, s
 
 
-def _power_pair(mv, found, i, key, tol, max_iters, host):
-    """Eigenpair i by power iteration, orthonormalising each iterate against ``found`` rows."""
+def _power_pair(mv, found, i, key, tol, max_iters, host, bad, done):
+    """Eigenpair i by power iteration, orthonormalising each iterate against ``found`` rows.
+    ``bad``/``done``: see :func:`hessjax.lanczos.guarded_matvec_loop`."""
     n, dtype = found.shape[1], found.dtype
     start = jax.random.normal(jax.random.fold_in(key, i), (n,), dtype)
     zero = lambda shape, dt=dtype: jnp.zeros(shape, dt)  # distinct buffers (donated carry)
@@ -141,23 +160,35 @@ def _power_pair(mv, found, i, key, tol, max_iters, host):
     )
     s.update(done=zero((), bool), tol=jnp.asarray(tol, dtype))
     s["max_iters"] = jnp.asarray(max_iters, jnp.int32)
-    found, s = loops.matvec_loop(
-        mv, _power_prepare, _power_update, _power_continue, (found, s), host=host
+    (found, s), bad = lanczos.guarded_matvec_loop(
+        mv,
+        _power_prepare,
+        _power_update,
+        _power_continue,
+        (found, s),
+        host=host,
+        solver=_solver_name("power"),
+        bad=bad,
+        done=done,
     )
     residual = jnp.linalg.norm(s["hv"] - s["lam"] * s["rq_v"])
-    return found, s["rq_v"], s["lam"], residual, s["it"], s["done"]
+    return found, s["rq_v"], s["lam"], residual, s["it"], s["done"], bad
 
 
 def _power_top_k(mv, key, k, tol, max_iters, n, dtype, host):
     def one_pair(i, carry):
-        found, values, residuals, count, all_converged = carry
-        found, v, lam, res, its, done = _power_pair(mv, found, i, key, tol, max_iters, host)
+        found, values, residuals, count, all_converged, bad = carry
+        done_before = int(count) if host else 0  # host: for the error message only
+        found, v, lam, res, its, done, bad = _power_pair(
+            mv, found, i, key, tol, max_iters, host, bad, done_before
+        )
         return (
             found.at[i].set(v),
             values.at[i].set(lam),
             residuals.at[i].set(res),
             count + its,
             all_converged & done,
+            bad,
         )
 
     carry = (
@@ -166,15 +197,16 @@ def _power_top_k(mv, key, k, tol, max_iters, n, dtype, host):
         jnp.zeros((k,), dtype),
         jnp.zeros((), jnp.int32),
         jnp.ones((), bool),
+        False if host else jnp.zeros((), bool),
     )
     if host:
         for i in range(k):
             carry = one_pair(i, carry)
-    else:
+    else:  # a pair started after a non-finite matvec runs no matvec (``bad`` is carried)
         carry = jax.lax.fori_loop(0, k, one_pair, carry)
-    found, values, residuals, count, converged = carry
+    found, values, residuals, count, converged, bad = carry
     order = jnp.argsort(-values)
-    return values[order], found[order], residuals[order], count, converged
+    return values[order], found[order], residuals[order], count, converged, bad
 
 
 def _eigenvalues_impl(matvec, params, key, *, k, method, tol, max_matvecs, host):
@@ -186,8 +218,14 @@ def _eigenvalues_impl(matvec, params, key, *, k, method, tol, max_matvecs, host)
         out = _lanczos_top_k(mv, v0, jax.random.fold_in(key, 1), k, tol, max_matvecs, host)
     else:
         out = _power_top_k(mv, key, k, tol, max_matvecs // k, n, dtype, host)
-    values, flat_vectors, residuals, count, converged = out
-    return EigenResult(values, jax.vmap(unravel)(flat_vectors), residuals, count, converged)
+    values, flat_vectors, residuals, count, converged, bad = out
+    if bad is not False:  # one XLA program: NaN results where a matvec was not finite
+        values, flat_vectors, residuals = (
+            jnp.where(bad, jnp.nan, a) for a in (values, flat_vectors, residuals)
+        )
+        converged = converged & ~bad
+    result = EigenResult(values, jax.vmap(unravel)(flat_vectors), residuals, count, converged)
+    return result, bad
 
 
 _eigenvalues_compiled = jax.jit(
@@ -228,6 +266,12 @@ def eigenvalues(
 
     Returns:
       :class:`EigenResult`; check ``converged`` and ``residuals``.
+
+    Raises:
+      NonFiniteError: (a ``FloatingPointError``) as soon as a matvec returns NaN or inf: NaN/inf
+        in params or data, a diverged model, or an operator returning NaN. Under an outer
+        ``jax.jit`` it cannot be raised: the solver stops there and returns NaN values and
+        residuals with ``converged=False``.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -243,6 +287,9 @@ def eigenvalues(
     if method == "lanczos":
         max_matvecs = min(max_matvecs, n)
     options = dict(k=k, method=method, tol=float(tol), max_matvecs=max_matvecs)
-    if loops.host_loops():
-        return _eigenvalues_impl(matvec, params, key, **options, host=True)
-    return _eigenvalues_compiled(_as_partial(matvec), params, key, **options)
+    with lanczos.explain_nonfinite(matvec):
+        if loops.host_loops() and not loops.is_traced((matvec, params, key)):
+            return _eigenvalues_impl(matvec, params, key, **options, host=True)[0]
+        result, bad = _eigenvalues_compiled(_as_partial(matvec), params, key, **options)
+        lanczos.raise_if_bad(bad, _solver_name(method), result.num_matvecs)
+    return result

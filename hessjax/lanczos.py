@@ -8,19 +8,154 @@ against all earlier ones (full reorthogonalisation), so no ghost eigenvalues app
 breakdown (``β ≈ 0``: an invariant subspace was found) the iteration restarts with a random
 vector orthogonal to the basis and stores ``β = 0``, so ``T`` splits into independent blocks and
 later steps keep exploring the rest of the space.
+
+Non-finite matvecs: every solver here and in :mod:`hessjax.eigen` / :mod:`hessjax.spectral` runs
+its loop through :func:`guarded_matvec_loop`, which stops at the first matvec result holding a
+NaN or inf and makes the solver raise :class:`NonFiniteError` (see there).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from hessjax import loops
 
 MatVec = Callable[[jax.Array], jax.Array]
+
+
+class NonFiniteError(FloatingPointError):
+    """A matvec (e.g. a Hessian-vector product) returned NaN or inf; the solver stopped there.
+
+    ``num_matvecs`` is the number of matvecs run, the bad one included. With host loops (the CPU
+    default) the solver stops right after the bad matvec; in one XLA program
+    (``HESSJAX_HOST_LOOPS=0``, GPU/TPU) a flag in the loop carry ends the loop and the error is
+    raised when it returns. Inside an outer ``jax.jit`` (or ``vmap``/``grad``) nothing can be
+    raised: the loop still stops early and the results are NaN (``converged=False``).
+    """
+
+    def __init__(self, solver: str, num_matvecs: int | None = None, found: str | None = None):
+        self.solver, self.num_matvecs, self.found = solver, num_matvecs, found
+        at = f" at matvec {num_matvecs}" if num_matvecs is not None else ""
+        super().__init__(
+            f"{solver}: the operator returned a non-finite vector (NaN or inf){at}; stopped. "
+            + (f"Found NaN/inf in {found}. " if found else "")
+            + "Likely causes: NaN/inf in params (a diverged training run, a bad checkpoint), "
+            "NaN/inf in the data batch, a loss that overflows at these params (e.g. log(0), "
+            "huge logits in float32), or a custom matvec that returns NaN. Fix: check "
+            "all(bool(jnp.isfinite(a).all()) for a in jax.tree.leaves(params)) and the same for "
+            "the data; reload a checkpoint from before the divergence or lower the learning rate; "
+            "use a numerically stable loss (hessjax.cross_entropy works on logits); call the "
+            "matvec on a random vector to see whether it returns NaN."
+        )
+
+
+def _nonfinite_paths(tree, prefix: str) -> list[str]:
+    paths = []
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        if (
+            isinstance(leaf, jax.Array | np.ndarray)
+            and not loops.is_traced(leaf)
+            and jnp.issubdtype(leaf.dtype, jnp.inexact)
+            and not bool(jnp.all(jnp.isfinite(leaf)))
+        ):
+            paths.append(prefix + jax.tree_util.keystr(path))
+    return paths
+
+
+def _diagnose(operator) -> str | None:
+    """The non-finite arrays ``operator`` holds, e.g. ``params['Dense_0']['kernel']`` or
+    ``data[0]`` for a HessianOperator; None if none (or not a pytree of arrays)."""
+    if hasattr(operator, "params") and hasattr(operator, "full"):  # HessianOperator
+        data = _nonfinite_paths(operator.full, "data") + _nonfinite_paths(operator.tail, "data")
+        paths = _nonfinite_paths(operator.params, "params") + list(dict.fromkeys(data))
+    else:
+        paths = _nonfinite_paths(operator, "the operator's arrays")
+    if not paths:
+        return None
+    return ", ".join(paths[:4]) + (f" and {len(paths) - 4} more" if len(paths) > 4 else "")
+
+
+@contextlib.contextmanager
+def explain_nonfinite(operator):
+    """Re-raise a :class:`NonFiniteError` from the block with the non-finite arrays that
+    ``operator`` holds (params, data), if any, named in the message."""
+    try:
+        yield
+    except NonFiniteError as e:
+        found = None if e.found else _diagnose(operator)
+        if found is None:
+            raise
+        raise NonFiniteError(e.solver, e.num_matvecs, found) from None
+
+
+_all_finite = jax.jit(lambda w: jnp.all(jnp.isfinite(w)))
+
+
+def _host_checked(matvec: MatVec, solver: str, done: int) -> MatVec:
+    """``matvec`` that raises :class:`NonFiniteError` on a non-finite result (concrete values
+    only); ``done`` matvecs ran before this loop."""
+    count = [done]
+
+    def checked(v):
+        w = matvec(v)
+        count[0] += 1
+        if not loops.is_traced(w) and not bool(_all_finite(w)):
+            raise NonFiniteError(solver, count[0])
+        return w
+
+    return checked
+
+
+def guarded_matvec_loop(
+    matvec: MatVec,
+    prepare: Callable,
+    update: Callable,
+    cond: Callable,
+    carry,
+    *,
+    host: bool,
+    solver: str,
+    bad=False,
+    done: int = 0,
+):
+    """:func:`hessjax.loops.matvec_loop` that stops at the first non-finite matvec result.
+
+    Returns ``(carry, bad)``. ``host=True``: raises :class:`NonFiniteError` right after the bad
+    matvec (``done``: matvecs already spent by the caller, for the message); ``bad`` is False.
+    ``host=False``: one ``lax.while_loop`` whose carry holds ``bad`` (a bool array; pass the one
+    returned by a previous loop to chain loops: a loop started with ``bad`` set runs no matvec);
+    the bad matvec's result is still absorbed by ``update`` (so results become NaN, which is what
+    a caller under an outer ``jit`` returns) and the loop ends. The caller raises when it can.
+    """
+    if host:
+        checked = _host_checked(matvec, solver, done)
+        return loops.matvec_loop(checked, prepare, update, cond, carry, host=True), False
+
+    def guarded_update(c, w):
+        return update(c[0], w), c[1] | ~jnp.all(jnp.isfinite(w))
+
+    return loops.matvec_loop(
+        matvec,
+        lambda c: prepare(c[0]),
+        guarded_update,
+        lambda c: ~c[1] & cond(c[0]),
+        (carry, jnp.asarray(bad, bool)),
+        host=False,
+    )
+
+
+def raise_if_bad(bad, solver: str, num_matvecs) -> None:
+    """Raise :class:`NonFiniteError` if the (concrete) flag ``bad`` is set; no-op when traced."""
+    if loops.is_traced(bad):
+        return
+    if bool(bad):
+        raise NonFiniteError(solver, None if loops.is_traced(num_matvecs) else int(num_matvecs))
 
 
 class LanczosState(NamedTuple):
@@ -114,11 +249,34 @@ def _not_full(carry):
 
 
 def run(
-    matvec: MatVec, v0: jax.Array, num_steps: int, key: jax.Array, *, host: bool = False
-) -> LanczosState:
-    """``num_steps`` Lanczos steps from ``v0`` (see :func:`hessjax.loops.matvec_loop`)."""
+    matvec: MatVec,
+    v0: jax.Array,
+    num_steps: int,
+    key: jax.Array,
+    *,
+    host: bool = False,
+    solver: str = "hessjax.lanczos.run",
+    bad=False,
+    done: int = 0,
+) -> tuple[LanczosState, jax.Array | bool]:
+    """``num_steps`` Lanczos steps from ``v0``, stopping at a non-finite matvec.
+
+    Returns ``(state, bad)``; see :func:`guarded_matvec_loop` for ``host``, ``solver``, ``bad``
+    and ``done``.
+    """
     carry = (init(v0, num_steps), key)
-    return loops.matvec_loop(matvec, _current_of, _absorb_into, _not_full, carry, host=host)[0]
+    (state, _), bad = guarded_matvec_loop(
+        matvec,
+        _current_of,
+        _absorb_into,
+        _not_full,
+        carry,
+        host=host,
+        solver=solver,
+        bad=bad,
+        done=done,
+    )
+    return state, bad
 
 
 def last_block_start(state: LanczosState) -> jax.Array:

@@ -6,6 +6,10 @@
   ``hessian.density``): each run does ``num_steps`` Lanczos steps from a random unit vector ``v``;
   the Ritz values ``θ_j`` and squared first components ``w_j = (s_j)₀²`` of ``T``'s eigenvectors
   form a quadrature for ``vᵀ f(A) v``, so ``ρ(t) ≈ mean_runs Σ_j w_j N(t; θ_j, σ²)``.
+
+Both stop at the first matvec that returns NaN or inf and raise
+:class:`~hessjax.lanczos.NonFiniteError` (a ``FloatingPointError``) naming the likely causes.
+Under an outer ``jax.jit`` nothing can be raised: the loop stops there and the results are NaN.
 """
 
 from __future__ import annotations
@@ -21,6 +25,20 @@ from jax.flatten_util import ravel_pytree
 from hessjax import lanczos, loops
 from hessjax._internal import as_partial as _as_partial
 from hessjax.eigen import _flat_matvec
+from hessjax.lanczos import NonFiniteError
+
+__all__ = [
+    "NonFiniteError",
+    "Quadrature",
+    "density",
+    "smooth_density",
+    "spectral_quadrature",
+    "trace",
+    "trace_samples",
+]
+
+_TRACE = "hessjax.trace / trace_samples"
+_DENSITY = "hessjax.density / spectral_quadrature"
 
 
 def _trace_samples_impl(matvec, params, key, *, num_samples, host):
@@ -31,15 +49,18 @@ def _trace_samples_impl(matvec, params, key, *, num_samples, host):
         i, samples = carry
         return i + 1, samples.at[i].set(jnp.vdot(probe(i), az))
 
-    _, samples = loops.matvec_loop(
+    (count, samples), bad = lanczos.guarded_matvec_loop(
         _flat_matvec(matvec, unravel),
         lambda c: probe(c[0]),
         update,
         lambda c: c[0] < num_samples,
         (jnp.zeros((), jnp.int32), jnp.zeros((num_samples,), flat.dtype)),
         host=host,
+        solver=_TRACE,
     )
-    return samples
+    if bad is not False:  # one XLA program: all NaN after a non-finite matvec
+        samples = jnp.where(bad, jnp.nan, samples)
+    return samples, bad, count
 
 
 _trace_samples_compiled = jax.jit(
@@ -51,6 +72,7 @@ def trace(matvec: Callable, params: Any, *, num_samples: int, key: jax.Array) ->
     """Hutchinson estimate of ``tr(A)`` from ``num_samples`` Rademacher probes (one matvec each).
 
     Returns a scalar; :func:`trace_samples` gives the per-probe values ``zᵢᵀ A zᵢ`` for error bars.
+    Raises ``NonFiniteError`` at the first matvec returning NaN/inf (NaN under an outer jit).
     """
     return jnp.mean(trace_samples(matvec, params, num_samples=num_samples, key=key))
 
@@ -59,9 +81,14 @@ def trace_samples(matvec: Callable, params: Any, *, num_samples: int, key: jax.A
     """(num_samples,) values ``zᵢᵀ A zᵢ``; their mean is the trace estimate, std/√s its error."""
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    if loops.host_loops():
-        return _trace_samples_impl(matvec, params, key, num_samples=num_samples, host=True)
-    return _trace_samples_compiled(_as_partial(matvec), params, key, num_samples=num_samples)
+    with lanczos.explain_nonfinite(matvec):
+        if loops.host_loops() and not loops.is_traced((matvec, params, key)):
+            return _trace_samples_impl(matvec, params, key, num_samples=num_samples, host=True)[0]
+        samples, bad, count = _trace_samples_compiled(
+            _as_partial(matvec), params, key, num_samples=num_samples
+        )
+        lanczos.raise_if_bad(bad, _TRACE, count)
+    return samples
 
 
 class Quadrature(NamedTuple):
@@ -75,17 +102,30 @@ def _quadrature_impl(matvec, params, key, *, num_steps, num_runs, host):
     flat, unravel = ravel_pytree(params)
     mv = _flat_matvec(matvec, unravel)
 
-    def one_run(k):
+    def one_run(k, bad, done):
         v0 = jax.random.rademacher(k, flat.shape, flat.dtype)
-        state = lanczos.run(mv, v0, num_steps, jax.random.fold_in(k, 1), host=host)
+        key_run = jax.random.fold_in(k, 1)
+        state, bad = lanczos.run(
+            mv, v0, num_steps, key_run, host=host, solver=_DENSITY, bad=bad, done=done
+        )
         values, vectors, _ = lanczos.ritz(state)
-        return values, vectors[0] ** 2
+        return (values, vectors[0] ** 2), bad, state.step
 
     keys = jax.random.split(key, num_runs)
     if host:
-        runs = [one_run(k) for k in keys]
-        return Quadrature(*(jnp.stack(parts) for parts in zip(*runs, strict=True)))
-    return Quadrature(*jax.lax.map(one_run, keys))
+        runs = [one_run(k, False, i * num_steps)[0] for i, k in enumerate(keys)]
+        quad = Quadrature(*(jnp.stack(parts) for parts in zip(*runs, strict=True)))
+        return quad, False, num_runs * num_steps
+
+    def body(carry, k):  # a run started after a non-finite matvec runs no matvec
+        bad, count = carry
+        out, bad, steps = one_run(k, bad, 0)
+        return (bad, count + steps), out
+
+    init = (jnp.zeros((), bool), jnp.zeros((), jnp.int32))
+    (bad, count), (nodes, weights) = jax.lax.scan(body, init, keys)
+    nodes, weights = (jnp.where(bad, jnp.nan, a) for a in (nodes, weights))
+    return Quadrature(nodes, weights), bad, count
 
 
 _quadrature_compiled = jax.jit(
@@ -96,16 +136,22 @@ _quadrature_compiled = jax.jit(
 def spectral_quadrature(
     matvec: Callable, params: Any, *, num_steps: int, num_runs: int, key: jax.Array
 ) -> Quadrature:
-    """Stochastic Lanczos quadrature nodes/weights (``num_steps`` matvecs per run)."""
+    """Stochastic Lanczos quadrature nodes/weights (``num_steps`` matvecs per run).
+
+    Raises ``NonFiniteError`` at the first matvec returning NaN/inf (NaN under an outer jit).
+    """
     n = ravel_pytree(params)[0].shape[0]
     if not 1 <= num_steps <= n:
         raise ValueError(f"num_steps must be in [1, {n}] (the operator's size), got {num_steps}")
     if num_runs < 1:
         raise ValueError(f"num_runs must be >= 1, got {num_runs}")
     options = dict(num_steps=num_steps, num_runs=num_runs)
-    if loops.host_loops():
-        return _quadrature_impl(matvec, params, key, **options, host=True)
-    return _quadrature_compiled(_as_partial(matvec), params, key, **options)
+    with lanczos.explain_nonfinite(matvec):
+        if loops.host_loops() and not loops.is_traced((matvec, params, key)):
+            return _quadrature_impl(matvec, params, key, **options, host=True)[0]
+        quad, bad, count = _quadrature_compiled(_as_partial(matvec), params, key, **options)
+        lanczos.raise_if_bad(bad, _DENSITY, count)
+    return quad
 
 
 def smooth_density(

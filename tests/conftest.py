@@ -11,6 +11,14 @@ jax.config.update("jax_enable_x64", True)
 REPO = pathlib.Path(__file__).resolve().parents[1]
 _DEFAULT_DATA = REPO.parent / "shared" / "data"
 
+# Every test that needs the real data sets skips with a reason starting with this text (the
+# summary below counts them).
+DATA_SKIP_PREFIX = "real data not found"
+FETCH_HINT = (
+    "python -m hessjax.data.fetch mnist cifar10 cifar100 --dir DIR, then "
+    "HESSJAX_DATA_DIR=DIR python -m pytest ..."
+)
+
 
 def shared_data_dir() -> pathlib.Path | None:
     """The real data sets: $HESSJAX_DATA_DIR, else ../shared/data beside the repo, else None."""
@@ -23,7 +31,7 @@ def shared_data_dir() -> pathlib.Path | None:
 def data_dir() -> pathlib.Path:
     path = shared_data_dir()
     if path is None:
-        pytest.skip("real data not found: set HESSJAX_DATA_DIR to the folder of MNIST/CIFAR files")
+        pytest.skip(f"{DATA_SKIP_PREFIX}: set HESSJAX_DATA_DIR (see the summary at the end)")
     return path
 
 
@@ -32,3 +40,37 @@ def loop_mode(request, monkeypatch):
     """Run a solver test with its loops in Python (the CPU default) and in one XLA program."""
     monkeypatch.setenv("HESSJAX_HOST_LOOPS", "1" if request.param == "host" else "0")
     return request.param
+
+
+def pytest_report_header(config):
+    path = shared_data_dir()
+    if path is not None:
+        return f"hessjax real data: {path}"
+    env = os.environ.get("HESSJAX_DATA_DIR")
+    where = (
+        f"HESSJAX_DATA_DIR={env} is not a folder"
+        if env
+        else f"no $HESSJAX_DATA_DIR, no {_DEFAULT_DATA}"
+    )
+    return f"hessjax real data: not found ({where}); tests that need MNIST/CIFAR will be skipped"
+
+
+def _skip_reason(report) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:  # (path, line, "Skipped: reason")
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr or "")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Say how many tests were skipped for lack of the real data, and how to get it."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    n = sum(_skip_reason(r).startswith(DATA_SKIP_PREFIX) for r in skipped)
+    if not n:
+        return
+    terminalreporter.section("hessjax: real data missing", sep="-", yellow=True, bold=True)
+    terminalreporter.write_line(
+        f"{n} test(s) were skipped because the real MNIST/CIFAR files were not found "
+        "($HESSJAX_DATA_DIR, else ../shared/data beside the repository)."
+    )
+    terminalreporter.write_line(f"To run them: {FETCH_HINT}")

@@ -18,9 +18,12 @@ Sources, in order:
    An explicit ``data_dir`` is final: if the files are not there, ``DataNotFoundError`` names the
    paths searched. A folder from ``$HESSJAX_DATA_DIR`` that lacks them falls through to 2.
 2. ``tensorflow_datasets`` if it imports (``pip install hessjax[tfds]``; downloads on first use).
-3. otherwise ``DataNotFoundError``, saying how to provide the data either way.
+3. otherwise ``DataNotFoundError``, saying how to provide the data.
 
-No checksums are verified. CIFAR files are unpickled: only read files you trust.
+To get the files: ``python -m hessjax.data.fetch mnist cifar10 cifar100 --dir DIR`` (or
+:func:`fetch`) downloads the publishers' files into ``DIR`` in the layout ``load`` reads, checking
+their MD5s (see :mod:`hessjax.data._fetch`). ``load`` itself verifies no checksums (it also reads
+files rebuilt from other copies). CIFAR files are unpickled: only read files you trust.
 """
 
 from __future__ import annotations
@@ -37,16 +40,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hessjax.data._fetch import FETCHABLE, FetchError, fetch
+
 __all__ = [
     "CIFAR100_MEAN",
     "CIFAR100_STD",
     "DATASETS",
     "ENV_VAR",
+    "FETCHABLE",
     "MNIST_MEAN",
     "MNIST_STD",
     "SPLITS",
     "DataNotFoundError",
+    "FetchError",
     "augment_cifar",
+    "fetch",
     "image_shape",
     "input_range",
     "load",
@@ -343,10 +351,12 @@ def _not_found(name: str, split: str, searched: list[str], why: str) -> DataNotF
     if searched:
         lines += ["Searched:", *(f"  {p}" for p in searched)]
     lines += [
-        "Fix either way:",
-        f"  1. set {ENV_VAR} (or pass data_dir=) to a folder holding the publishers' files: "
-        f"{_expected_files(name)};",
-        "  2. `pip install hessjax[tfds]` on a machine with internet, so tensorflow_datasets can "
+        "Fix, one of:",
+        f"  1. `python -m hessjax.data.fetch {name} --dir DIR` (downloads the publishers' files, "
+        f"MD5-checked), then set {ENV_VAR}=DIR (or pass data_dir=DIR);",
+        f"  2. set {ENV_VAR} (or pass data_dir=) to a folder already holding the publishers' "
+        f"files: {_expected_files(name)};",
+        "  3. `pip install hessjax[tfds]` on a machine with internet, so tensorflow_datasets can "
         "download it.",
     ]
     return DataNotFoundError("\n".join(lines))
