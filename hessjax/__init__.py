@@ -5,7 +5,7 @@ Large Batch Training and Robustness to Adversaries" (NeurIPS 2018).
 """
 
 from hessjax import adversarial, attacks, data, evaluation, landscape, models, train
-from hessjax.eigen import EigenResult, eigenvalues
+from hessjax.eigen import EigenResult, NonFiniteError, eigenvalues
 from hessjax.hessian import (
     HessianOperator,
     dense_hessian,
@@ -37,6 +37,7 @@ __all__ = [
     "adversarial",
     "attacks",
     "EigenResult",
+    "NonFiniteError",
     "Quadrature",
     "HessianOperator",
     "LinearizedHessianOperator",

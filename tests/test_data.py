@@ -231,6 +231,13 @@ def test_missing_explicit_dir(tmp_path, monkeypatch):
     assert str(tmp_path / "cifar10" / "cifar-10-python.tar.gz") in msg  # the paths searched
     with pytest.raises(data.DataNotFoundError, match="not a directory"):
         data.load("mnist", "train", tmp_path / "nowhere")
+    # A $HESSJAX_DATA_DIR that does not exist is a typo: no tfds download is attempted.
+    monkeypatch.setenv(data.ENV_VAR, str(tmp_path / "typo"))
+    monkeypatch.setattr(data, "_import_tfds", lambda: pytest.fail("tfds tried"))
+    with pytest.raises(
+        data.DataNotFoundError, match=r"\$HESSJAX_DATA_DIR .*typo is not a directory"
+    ):
+        data.load("mnist", "train")
 
 
 def test_missing_env_dir_and_no_tfds(tmp_path, monkeypatch):

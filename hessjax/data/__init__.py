@@ -370,7 +370,8 @@ def load(
     Returns ``x`` float32 ``(N, H, W, C)`` preprocessed as in the module docstring and ``y`` int32
     ``(N,)``; ``limit`` keeps the first ``limit`` samples. Local files under ``data_dir`` (else
     ``$HESSJAX_DATA_DIR``) come first, then ``tensorflow_datasets``; raises ``DataNotFoundError``
-    when neither has the data, ``ValueError`` for an unknown name/split or a corrupt file.
+    when neither has the data or when the folder named does not exist (no download is tried),
+    ``ValueError`` for an unknown name/split or a corrupt file.
     synthetic: ``synthetic(2048 | 512, seed=0 | 1)`` for train | test; ``data_dir`` is ignored.
     """
     _check(name, split)
@@ -387,11 +388,9 @@ def load(
     if root is not None:
         root = pathlib.Path(root).expanduser()
         source = "data_dir" if explicit else f"${ENV_VAR}"
-        if not root.is_dir():
-            if explicit:
-                raise _not_found(name, split, [], f"data_dir {root} is not a directory")
-            searched.append(f"{root} ({source}: not a directory)")
-        elif name == "mnist":
+        if not root.is_dir():  # a typo, not a request to download: fail before any fallback
+            raise _not_found(name, split, [], f"{source} {root} is not a directory")
+        if name == "mnist":
             found = _mnist_local(root, split, searched)
         else:
             found = _cifar_local(name, root, split, limit, searched)
