@@ -1,4 +1,5 @@
-"""Shared helpers of the benchmarks: environment report, timing, a partly trained M1, results.
+"""Shared helpers of the benchmarks: command line, environment report, timing, a partly trained
+M1, results.
 
 Run the benchmarks from the repository root as modules (``python -m benchmarks.<name>``) so that
 both ``hessjax`` and ``benchmarks`` import without installing anything.
@@ -6,6 +7,7 @@ both ``hessjax`` and ``benchmarks`` import without installing anything.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pathlib
@@ -32,6 +34,50 @@ _REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = os.environ.get(hessjax.data.ENV_VAR) or str(
     _REPO_ROOT.parent / "shared" / "data"
 )
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def argument_parser(doc: str) -> argparse.ArgumentParser:
+    """A parser whose ``--help`` shows the benchmark's docstring ``doc`` as written."""
+    return argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
+def add_run_args(
+    p: argparse.ArgumentParser, out: str, *, torch: bool = False, trains_m1: bool = False
+) -> None:
+    """The options of a benchmark that reads data and writes results: ``--train-images`` and
+    ``--train-epochs`` (``trains_m1``: see :func:`trained_m1`), ``--torch-threads`` (``torch``),
+    ``--data-dir``, ``--seed`` and ``--out`` (default ``out``)."""
+    if trains_m1:
+        p.add_argument("--train-images", type=int, default=10_000)
+        p.add_argument("--train-epochs", type=int, default=1)
+    if torch:
+        p.add_argument("--torch-threads", type=int, default=None, help="default: all cores")
+    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=out, help="results/<out>.{json,md}")
+
+
+#: The models the timing benchmarks run (``--models``) and the data set each is timed on.
+DATASETS = {"m1": "mnist", "c1": "cifar10"}
+
+
+def model_names(spec: str) -> list[str]:
+    """The ``--models`` list (``"m1,c1"``), lower-cased; SystemExit on an unknown name."""
+    names = [name.strip().lower() for name in spec.split(",")]
+    for name in names:
+        if name not in DATASETS:
+            raise SystemExit(f"unknown model {name!r}; choose from {', '.join(DATASETS)}")
+    return names
+
+
+def log(*a: Any) -> None:
+    """Print a progress line, stamped with the wall-clock time."""
+    print(f"[{time.strftime('%H:%M:%S')}]", *a, flush=True)
 
 
 # ----------------------------------------------------------------------------- environment
@@ -103,6 +149,14 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def start(args: argparse.Namespace, *, torch: bool) -> dict[str, Any]:
+    """Pin PyTorch's threads to ``args.torch_threads`` (with ``torch``), then log and return
+    :func:`environment`."""
+    env = environment(set_torch_threads(args.torch_threads) if torch else None)
+    log(environment_line(env))
+    return env
 
 
 def environment_line(env: dict[str, Any]) -> str:
@@ -235,12 +289,27 @@ def train_m1(
     return {"params": params}, info
 
 
+def trained_m1(args: argparse.Namespace) -> tuple[dict, dict[str, Any]]:
+    """:func:`train_m1` as the options of ``add_run_args(..., trains_m1=True)`` say, logged."""
+    log("training M1 ...")
+    variables, info = train_m1(
+        args.data_dir, num_train=args.train_images, epochs=args.train_epochs, seed=args.seed
+    )
+    log("trained:", info)
+    return variables, info
+
+
 # ----------------------------------------------------------------------------- results
 
 
 def command_line(module: str) -> str:
     """The command that reproduces this run (from the repository root)."""
     return shlex.join(["python", "-m", module, *sys.argv[1:]])
+
+
+def footer(env: dict[str, Any], module: str) -> list[str]:
+    """The last lines of every report: the environment and the command that reproduces it."""
+    return ["", environment_line(env), "", f"Command: `{command_line(module)}`"]
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -271,6 +340,26 @@ def write_results(stem: str, payload: dict[str, Any], markdown: str) -> tuple[st
     _atomic_write(json_path, json.dumps(payload, indent=2, default=_jsonable) + "\n")
     _atomic_write(md_path, markdown.rstrip() + "\n")
     return str(json_path), str(md_path)
+
+
+def finish(
+    module: str,
+    args: argparse.Namespace,
+    env: dict[str, Any],
+    markdown: str,
+    results: dict[str, Any],
+    *,
+    load_at_end: bool = False,
+) -> None:
+    """Write ``results/<args.out>.{json,md}`` (JSON: the command, the environment, with
+    ``load_at_end`` the load average now, the arguments, then ``results``) and print the report."""
+    payload: dict[str, Any] = {"command": command_line(module), "environment": env}
+    if load_at_end:
+        payload["environment_at_end"] = {"load_average_1_5_15": list(os.getloadavg())}
+    payload.update(args=vars(args), **results)
+    paths = write_results(args.out, payload, markdown)
+    print(markdown)
+    log("wrote", *paths)
 
 
 def _jsonable(o: Any) -> Any:

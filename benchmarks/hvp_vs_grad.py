@@ -24,8 +24,6 @@ JAX HVP / gradient <= 2.
 
 from __future__ import annotations
 
-import argparse
-
 import jax
 import numpy as np
 
@@ -33,35 +31,29 @@ import hessjax
 from benchmarks import common
 from hessjax import models
 
-DATASETS = {"m1": "mnist", "c1": "cifar10"}
 TARGET = 2.0
 #: variants timed with a few single calls after the paired rounds (seconds per call on C1).
 SLOW = ("torch_hvp_func_fwd_rev",)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = common.argument_parser(__doc__)
     p.add_argument("--models", default="m1,c1", help="comma-separated: m1, c1")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--repeats", type=int, default=15, help="timing rounds (median over rounds)")
     p.add_argument("--number", type=int, default=3, help="calls averaged per timing sample")
     p.add_argument("--slow-repeats", type=int, default=3, help="calls timed for torch.func")
-    p.add_argument("--torch-threads", type=int, default=None, help="default: all cores")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch context columns")
-    p.add_argument("--data-dir", default=common.DEFAULT_DATA_DIR)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="hvp_vs_grad", help="results/<out>.{json,md}")
+    common.add_run_args(p, "hvp_vs_grad", torch=True)
     return p.parse_args(argv)
 
 
 def jax_functions(name, batch_size, data_dir, seed):
     model = models.get(name)
     variables = models.init(model, jax.random.key(seed))
-    x, y = hessjax.data.load(DATASETS[name], "train", data_dir=data_dir, limit=batch_size)
+    x, y = hessjax.data.load(common.DATASETS[name], "train", data_dir=data_dir, limit=batch_size)
     if len(x) < batch_size:
-        raise SystemExit(f"only {len(x)} {DATASETS[name]} images found, need {batch_size}")
+        raise SystemExit(f"only {len(x)} {common.DATASETS[name]} images found, need {batch_size}")
     loss_fn = hessjax.make_loss_fn(model.apply, variables)
     params = variables["params"]
     v = common.tree_random_normal(jax.random.key(seed + 1), params)
@@ -215,7 +207,7 @@ def bench_model(name, args):
         )
     return {
         "model": name,
-        "data": DATASETS[name],
+        "data": common.DATASETS[name],
         "batch_size": args.batch_size,
         "num_params": models.param_count(variables),
         "median_seconds": {k: common.median(s) for k, s in samples.items()},
@@ -277,8 +269,7 @@ def markdown(results, env, args):
         row += [
             f"**{lin_q['median']:.2f}** [{lin_q['p25']:.2f}, {lin_q['p75']:.2f}]",
             "yes" if r["linearized_meets_target"] else "**no**",
-            f"{lin['first_call_seconds_incl_compile']:.2f}, "
-            f"{lin['residual_bytes'] / 2**20:.0f}",
+            f"{lin['first_call_seconds_incl_compile']:.2f}, {lin['residual_bytes'] / 2**20:.0f}",
         ]
         if not args.no_torch:
             row += [
@@ -318,38 +309,21 @@ def markdown(results, env, args):
             "an iterative solver; the one-time linearisation and its memory are listed).",
             "",
             f"Agreement (relative L2) of the HVPs/gradients across implementations: {agree}.",
-            "",
-            common.environment_line(env),
-            "",
-            f"Command: `{common.command_line('benchmarks.hvp_vs_grad')}`",
+            *common.footer(env, "benchmarks.hvp_vs_grad"),
         ]
     )
 
 
 def main(argv=None):
     args = parse_args(argv)
-    threads = None
-    if not args.no_torch:
-        threads = common.set_torch_threads(args.torch_threads)
-    env = common.environment(threads)
-    print(common.environment_line(env), flush=True)
+    names = common.model_names(args.models)
+    env = common.start(args, torch=not args.no_torch)
     results = []
-    for name in args.models.split(","):
-        name = name.strip().lower()
-        if name not in DATASETS:
-            raise SystemExit(f"unknown model {name!r}; choose from {', '.join(DATASETS)}")
+    for name in names:
         print(f"benchmarking {name} ...", flush=True)
         results.append(bench_model(name, args))
     md = markdown(results, env, args)
-    payload = {
-        "command": common.command_line("benchmarks.hvp_vs_grad"),
-        "environment": env,
-        "args": vars(args),
-        "results": results,
-    }
-    paths = common.write_results(args.out, payload, md)
-    print(md)
-    print("wrote", *paths)
+    common.finish("benchmarks.hvp_vs_grad", args, env, md, {"results": results})
 
 
 if __name__ == "__main__":

@@ -21,10 +21,6 @@ arithmetic since a Rayleigh quotient never exceeds λ_max).
 
 from __future__ import annotations
 
-import argparse
-import os
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,9 +31,7 @@ from hessjax import models
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = common.argument_parser(__doc__)
     p.add_argument("--num-images", type=int, default=10_000, help="MNIST test images (exact)")
     p.add_argument("--power-images", type=int, default=500, help="first N of them for power")
     p.add_argument("--batch-size", type=int, default=500, help="library batch_size (chunk)")
@@ -46,16 +40,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="warm calls of exact (median)")
     p.add_argument("--power-repeats", type=int, default=1, help="warm calls of power (median)")
     p.add_argument("--no-diagnostic", action="store_true")
-    p.add_argument("--train-images", type=int, default=10_000)
-    p.add_argument("--train-epochs", type=int, default=1)
-    p.add_argument("--data-dir", default=common.DEFAULT_DATA_DIR)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="input_hessian_throughput")
+    common.add_run_args(p, "input_hessian_throughput", trains_m1=True)
     return p.parse_args(argv)
-
-
-def log(*a):
-    print(f"[{time.strftime('%H:%M:%S')}]", *a, flush=True)
 
 
 def time_method(fn, n, repeats):
@@ -181,23 +167,15 @@ def markdown(r, env, args):
                 if d
                 else ""
             ),
-            "",
-            common.environment_line(env),
-            "",
-            f"Command: `{common.command_line('benchmarks.input_hessian_throughput')}`",
+            *common.footer(env, "benchmarks.input_hessian_throughput"),
         ]
     )
 
 
 def main(argv=None):
     args = parse_args(argv)
-    env = common.environment()
-    log(common.environment_line(env))
-    log("training M1 ...")
-    variables, training = common.train_m1(
-        args.data_dir, num_train=args.train_images, epochs=args.train_epochs, seed=args.seed
-    )
-    log("trained:", training)
+    env = common.start(args, torch=False)
+    variables, training = common.trained_m1(args)
     model = models.get("m1")
     x, y = hessjax.data.load("mnist", "test", data_dir=args.data_dir, limit=args.num_images)
     n, n_power = len(x), min(args.power_images, len(x))
@@ -216,7 +194,7 @@ def main(argv=None):
         )
 
     timings = {}
-    log(f"exact on {n} images ...")
+    common.log(f"exact on {n} images ...")
     exact_fn = run("exact", x, y)
     if args.no_diagnostic:
         timings["exact"], exact = time_method(exact_fn, n, args.repeats)
@@ -224,12 +202,12 @@ def main(argv=None):
         diag_fn = top_level_vmap_exact(model.apply, variables, x, args.batch_size)
         both = time_methods({"exact": exact_fn, "diagnostic": diag_fn}, n, args.repeats)
         (timings["exact"], exact), (timings["diagnostic"], diag) = both["exact"], both["diagnostic"]
-        log(timings["diagnostic"])
-    log(timings["exact"])
-    log(f"power on {n_power} images ...")
+        common.log(timings["diagnostic"])
+    common.log(timings["exact"])
+    common.log(f"power on {n_power} images ...")
     xp, yp = x[:n_power], y[:n_power]
     timings["power"], power = time_method(run("power", xp, yp), n_power, args.power_repeats)
-    log(timings["power"])
+    common.log(timings["power"])
     result = {
         "training": training,
         "timings": timings,
@@ -238,21 +216,12 @@ def main(argv=None):
     if not args.no_diagnostic:
         result["agreement_diagnostic_vs_exact"] = agreement(diag, exact)
     md = markdown(result, env, args)
-    payload = {
-        "command": common.command_line("benchmarks.input_hessian_throughput"),
-        "environment": env,
-        "environment_at_end": {"load_average_1_5_15": list(os.getloadavg())},
-        "args": vars(args),
-        **result,
-        "exact_values_summary": {
-            "min": float(exact.min()),
-            "median": float(np.median(exact)),
-            "max": float(exact.max()),
-        },
+    result["exact_values_summary"] = {
+        "min": float(exact.min()),
+        "median": float(np.median(exact)),
+        "max": float(exact.max()),
     }
-    paths = common.write_results(args.out, payload, md)
-    print(md)
-    log("wrote", *paths)
+    common.finish("benchmarks.input_hessian_throughput", args, env, md, result, load_at_end=True)
 
 
 if __name__ == "__main__":

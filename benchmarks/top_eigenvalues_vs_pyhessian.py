@@ -32,7 +32,6 @@ Issue targets: hessjax Lanczos >= 5x faster than PyHessian in wall time, eigenva
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
@@ -50,9 +49,7 @@ TARGET_AGREEMENT = 1e-3
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = common.argument_parser(__doc__)
     p.add_argument("--num-images", type=int, default=500, help="Hessian data (issue: 2000)")
     p.add_argument("--batch-size", type=int, default=250, help="per HVP batch, both sides")
     p.add_argument("--top-n", type=int, default=5, help="number of eigenvalues (issue: 20)")
@@ -89,17 +86,8 @@ def parse_args(argv=None):
         help="also time warm calls of method='power' in every round (slow: many HVPs)",
     )
     p.add_argument("--hvp-repeats", type=int, default=3, help="repeats of the single-HVP timing")
-    p.add_argument("--train-images", type=int, default=10_000)
-    p.add_argument("--train-epochs", type=int, default=1)
-    p.add_argument("--torch-threads", type=int, default=None, help="default: all cores")
-    p.add_argument("--data-dir", default=common.DEFAULT_DATA_DIR)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="top_eigenvalues_vs_pyhessian")
+    common.add_run_args(p, "top_eigenvalues_vs_pyhessian", torch=True, trains_m1=True)
     return p.parse_args(argv)
-
-
-def log(*a):
-    print(f"[{time.strftime('%H:%M:%S')}]", *a, flush=True)
 
 
 # ----------------------------------------------------------------------------- HVP paths
@@ -449,36 +437,27 @@ def markdown(r, env, args):
             "## Eigenvalues",
             "",
             common.markdown_table(["i", *[c for c, _ in value_cols]], value_rows),
-            "",
-            common.environment_line(env),
-            "",
-            f"Command: `{common.command_line('benchmarks.top_eigenvalues_vs_pyhessian')}`",
+            *common.footer(env, "benchmarks.top_eigenvalues_vs_pyhessian"),
         ]
     )
 
 
 def main(argv=None):
     args = parse_args(argv)
-    threads = common.set_torch_threads(args.torch_threads)
-    env = common.environment(threads)
-    log(common.environment_line(env))
+    env = common.start(args, torch=True)
     import torch
     from pyhessian import hessian
     from torch.utils.data import DataLoader, TensorDataset
 
     from benchmarks import torch_models
 
-    log("training M1 ...")
-    variables, training = common.train_m1(
-        args.data_dir, num_train=args.train_images, epochs=args.train_epochs, seed=args.seed
-    )
-    log("trained:", training)
+    variables, training = common.trained_m1(args)
     params = variables["params"]
     model = models.get("m1")
     x, y = hessjax.data.load("mnist", "train", data_dir=args.data_dir, limit=args.num_images)
     tmodel = torch_models.from_flax("m1", variables)
     twin = torch_models.check_twin("m1", model.apply, variables, tmodel, x, y)
-    log("twin check:", twin)
+    common.log("twin check:", twin)
     if twin["max_abs_logit_diff"] > 1e-4 * max(1.0, twin["max_abs_logit"]):
         raise SystemExit(f"the PyTorch twin disagrees with the JAX model: {twin}")
 
@@ -523,7 +502,7 @@ def main(argv=None):
         for key, fn in paths.items():
             samples[key].append(common.timed(fn)[0])
     single = {key: common.median(s) for key, s in samples.items()}
-    log("single HVP seconds:", single, "agreement:", hvp_agreement)
+    common.log("single HVP seconds:", single, "agreement:", hvp_agreement)
 
     # --- hessjax first calls (compilation included)
     configs = [("lanczos", tol, False) for tol in lanczos_tols(args)]
@@ -534,17 +513,17 @@ def main(argv=None):
     )
     runs = []
     for method, tol, linearize in configs:
-        log(f"hessjax {method} tol={tol:g} linearize={linearize}, first call ...")
+        common.log(f"hessjax {method} tol={tol:g} linearize={linearize}, first call ...")
         seconds, run = call(method, tol, linearize)
         run.update(first_call_seconds=seconds, warm_seconds=[])
         runs.append(run)
-        log(run)
+        common.log(run)
 
     # --- side-by-side rounds: PyHessian, then one warm call of each timed hessjax config
     pyh_seconds, pyh = [], None
     warm_runs = [q for q in runs if q["method"] == "lanczos" or args.warm_power]
     for rnd in range(args.rounds):
-        log(f"round {rnd + 1}/{args.rounds}: PyHessian eigenvalues ...")
+        common.log(f"round {rnd + 1}/{args.rounds}: PyHessian eigenvalues ...")
         seconds, out = run_pyhessian(
             tmodel,
             x,
@@ -557,14 +536,14 @@ def main(argv=None):
         )
         pyh_seconds.append(seconds)
         pyh = pyh or out
-        log(f"PyHessian {seconds:.1f} s,", out)
+        common.log(f"PyHessian {seconds:.1f} s,", out)
         if args.no_warm:
             continue
         for run in warm_runs:
             seconds, again = call(run["method"], run["tol"], run["linearize"])
             assert again["num_matvecs"] == run["num_matvecs"], "hessjax is not deterministic"
             run["warm_seconds"].append(seconds)
-            log(f"hessjax {run['method']} tol={run['tol']:g} warm: {seconds:.1f} s")
+            common.log(f"hessjax {run['method']} tol={run['tol']:g} warm: {seconds:.1f} s")
     pyh.update(seconds=pyh_seconds, median_seconds=common.median(pyh_seconds))
     for run in runs:
         if run["warm_seconds"]:
@@ -579,12 +558,12 @@ def main(argv=None):
     # --- reference
     reference = None
     if not args.no_reference:
-        log("reference Lanczos (Python loop) ...")
+        common.log("reference Lanczos (Python loop) ...")
         tols = sorted({*lanczos_tols(args), args.reference_tol}, reverse=True)
         reference = python_lanczos(
             loop_mv, n, k=args.top_n, tols=tols, max_steps=args.reference_max_steps, seed=args.seed
         )
-        log("reference:", {key: reference[key] for key in ("values", "steps", "converged")})
+        common.log("reference:", {key: reference[key] for key in ("values", "steps", "converged")})
 
     result = {
         "training": training,
@@ -598,16 +577,9 @@ def main(argv=None):
         "reference": reference,
     }
     md = markdown(result, env, args)
-    payload = {
-        "command": common.command_line("benchmarks.top_eigenvalues_vs_pyhessian"),
-        "environment": env,
-        "environment_at_end": {"load_average_1_5_15": list(os.getloadavg())},
-        "args": vars(args),
-        **result,
-    }
-    paths = common.write_results(args.out, payload, md)
-    print(md)
-    log("wrote", *paths)
+    common.finish(
+        "benchmarks.top_eigenvalues_vs_pyhessian", args, env, md, result, load_at_end=True
+    )
 
 
 if __name__ == "__main__":

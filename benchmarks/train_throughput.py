@@ -40,7 +40,6 @@ input gradient, kernel gradient; XLA vs PyTorch) that explain where the C1 time 
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
@@ -51,13 +50,9 @@ import hessjax
 from benchmarks import common
 from hessjax import models, train
 
-DATASETS = {"m1": "mnist", "c1": "cifar10"}
-
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = common.argument_parser(__doc__)
     p.add_argument("--models", default="m1,c1", help="comma-separated: m1, c1")
     p.add_argument("--batch-sizes", default="128,4096", help="comma-separated global batches")
     p.add_argument("--micro-batch-size", type=int, default=128)
@@ -79,10 +74,7 @@ def parse_args(argv=None):
     p.add_argument("--no-scan", action="store_true", help="skip the lax.scan context column")
     p.add_argument("--breakdown", action="store_true", help="per-layer conv timings, XLA vs torch")
     p.add_argument("--breakdown-repeats", type=int, default=7)
-    p.add_argument("--torch-threads", type=int, default=None, help="default: all cores")
-    p.add_argument("--data-dir", default=common.DEFAULT_DATA_DIR)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="train_throughput", help="results/<out>.{json,md}")
+    common.add_run_args(p, "train_throughput", torch=True)
     return p.parse_args(argv)
 
 
@@ -279,7 +271,7 @@ def bench_config(name, batch, args, data, scan_step_128):
     speed = t_torch / t_jax  # throughput ratio hessjax / PyTorch, per round
     result = {
         "model": name,
-        "data": DATASETS[name],
+        "data": common.DATASETS[name],
         "batch_size": batch,
         "micro_batch_size": m,
         "num_micro_batches": num_micro,
@@ -522,32 +514,23 @@ def markdown(results, env, args, rows_breakdown):
             "`jax.jit` of `lax.conv_general_dilated` and of its two VJPs, against "
             "`torch.nn.functional.conv2d`, `torch.nn.grad.conv2d_input` / `conv2d_weight`.",
         ]
-    parts += [
-        "",
-        common.environment_line(env),
-        "",
-        f"Command: `{common.command_line('benchmarks.train_throughput')}`",
-    ]
+    parts += common.footer(env, "benchmarks.train_throughput")
     return "\n".join(parts)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    threads = common.set_torch_threads(args.torch_threads)
-    env = common.environment(threads)
-    print(common.environment_line(env), flush=True)
+    names = common.model_names(args.models)
+    env = common.start(args, torch=True)
     batch_sizes = sorted(int(b) for b in args.batch_sizes.split(","))
     started = time.perf_counter()
     results, rows_breakdown = [], []
-    for name in args.models.split(","):
-        name = name.strip().lower()
-        if name not in DATASETS:
-            raise SystemExit(f"unknown model {name!r}; choose from {', '.join(DATASETS)}")
+    for name in names:
         x, y = hessjax.data.load(
-            DATASETS[name], "train", data_dir=args.data_dir, limit=max(batch_sizes)
+            common.DATASETS[name], "train", data_dir=args.data_dir, limit=max(batch_sizes)
         )
         if len(y) < max(batch_sizes):
-            raise SystemExit(f"only {len(y)} {DATASETS[name]} images found")
+            raise SystemExit(f"only {len(y)} {common.DATASETS[name]} images found")
         scan_step_m = None
         for batch in batch_sizes:
             print(f"benchmarking {name} batch {batch} ...", flush=True)
@@ -562,16 +545,13 @@ def main(argv=None):
     env["load_average_at_end_1_5_15"] = list(os.getloadavg())
     env["total_seconds"] = time.perf_counter() - started
     md = markdown(results, env, args, rows_breakdown)
-    payload = {
-        "command": common.command_line("benchmarks.train_throughput"),
-        "environment": env,
-        "args": vars(args),
-        "results": results,
-        "conv_breakdown": rows_breakdown,
-    }
-    paths = common.write_results(args.out, payload, md)
-    print(md)
-    print("wrote", *paths)
+    common.finish(
+        "benchmarks.train_throughput",
+        args,
+        env,
+        md,
+        {"results": results, "conv_breakdown": rows_breakdown},
+    )
 
 
 if __name__ == "__main__":

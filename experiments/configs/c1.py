@@ -1,4 +1,4 @@
-"""C1 / CIFAR-10 batch-size sweep (PAPER.md Table 1; Figs. 1-4).
+"""C1 / CIFAR-10 batch-size sweep (docs/paper.md Table 1; Figs. 1-4).
 
 ``--config=experiments/configs/c1.py:SCALE`` with SCALE in {paper (default), cpu, smoke}.
 
@@ -10,16 +10,32 @@
   divides), one seed; the weight Hessian on the first 256 samples of each split (top 5, tol 1e-2),
   input Hessian / FGSM on 500, λ_max during training on 128 samples every 2 epochs.
 * smoke: 256 / 128 images, 2 batch sizes, 1 epoch, k=3.
+
+C2 and CR use this recipe: c2.py and cr.py derive from this file's paper config.
 """
 
-from experiments.configs import sweep_base
+from experiments.configs import common, sweep_base
+
+CPU = dict(
+    train_limit=4000,
+    test_limit=1000,
+    batch_sizes=[16, 32, 64, 128, 256],
+    micro_batch_size=16,
+    num_seeds=1,
+    num_epochs=10,
+    lr_decay_epochs=[4, 8],
+    # tol: residual ≤ 1e-2·θ₁: Ritz values are far closer (~residual²/gap)
+    hessian=dict(num_samples=256, batch_size=256, k=5, tol=1e-2),
+    input_hessian=dict(num_samples=500),
+    landscape=dict(num_points=15, grid=7),
+    track=dict(every=2, num_samples=128, tol=1e-2),
+)
 
 
 def get_config(arg: str | None = None):
-    scale = sweep_base.check_scale(arg, "c1")
     c = sweep_base.sweep_config(
         "c1",
-        scale,
+        arg,
         dataset="cifar10",
         model="c1",
         batch_sizes=[16, 32, 64, 128, 256, 512, 1024, 2048],
@@ -27,25 +43,6 @@ def get_config(arg: str | None = None):
         lr_decay_epochs=[30, 60],
         lr_decay_factor=0.2,
         num_epochs=90,
-        fgsm_eps=[0.02, 0.01],  # CIFAR-10 in [0, 1] (PAPER.md [choice])
+        fgsm_eps=[0.02, 0.01],  # CIFAR-10 in [0, 1] (docs/paper.md [choice])
     )
-    if scale == "cpu":
-        c.train_limit, c.test_limit = 4000, 1000
-        c.batch_sizes = [16, 32, 64, 128, 256]
-        c.micro_batch_size = 16
-        c.num_seeds = 1
-        c.num_epochs = 10
-        c.lr_decay_epochs = [4, 8]
-        c.hessian.num_samples = 256
-        c.hessian.batch_size = 256
-        c.hessian.k = 5
-        c.hessian.tol = 1e-2  # residual ≤ 1e-2·θ₁: Ritz values are far closer (~residual²/gap)
-        c.input_hessian.num_samples = 500
-        c.landscape.num_points = 15
-        c.landscape.grid = 7
-        c.track.every = 2
-        c.track.num_samples = 128
-        c.track.tol = 1e-2
-    elif scale == "smoke":
-        sweep_base.smoke(c)
-    return c
+    return common.at_scale(c, cpu=CPU, smoke=sweep_base.SMOKE)

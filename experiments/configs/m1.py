@@ -1,4 +1,4 @@
-"""M1 / MNIST batch-size sweep (PAPER.md Table 7; Figs. 1-4 for MNIST).
+"""M1 / MNIST batch-size sweep (docs/paper.md Table 7; Figs. 1-4 for MNIST).
 
 ``--config=experiments/configs/m1.py:SCALE`` with SCALE in {paper (default), cpu, smoke}.
 
@@ -12,14 +12,26 @@
 * smoke: a functional check in well under a minute: 256 / 128 images, 2 batch sizes, 1 epoch, k=3.
 """
 
-from experiments.configs import sweep_base
+from experiments.configs import common, sweep_base
+
+CPU = dict(
+    train_limit=5000,
+    test_limit=1000,
+    batch_sizes=[32, 64, 128, 256, 512],
+    num_seeds=1,
+    num_epochs=8,
+    lr_decay_epochs=[2, 4, 6],
+    hessian=dict(num_samples=1000, k=10),
+    input_hessian=dict(num_samples=500),
+    landscape=dict(num_points=21, grid=11),
+    track=dict(num_samples=500),
+)
 
 
 def get_config(arg: str | None = None):
-    scale = sweep_base.check_scale(arg, "m1")
     c = sweep_base.sweep_config(
         "m1",
-        scale,
+        arg,
         dataset="mnist",
         model="m1",
         batch_sizes=[64, 128, 256, 512, 1024, 2048],
@@ -27,23 +39,9 @@ def get_config(arg: str | None = None):
         lr_decay_epochs=list(range(5, 100, 5)),  # halved every 5 epochs
         lr_decay_factor=0.5,
         num_epochs=100,
-        fgsm_eps=[0.2, 0.1],  # normalised MNIST units (PAPER.md [choice])
+        fgsm_eps=[0.2, 0.1],  # normalised MNIST units (docs/paper.md [choice])
         hessian_batch_size=1000,
         input_batch_size=500,
     )
     # M1 has no BatchNorm: micro-batching only bounds memory.
-    if scale == "cpu":
-        c.train_limit, c.test_limit = 5000, 1000
-        c.batch_sizes = [32, 64, 128, 256, 512]
-        c.num_seeds = 1
-        c.num_epochs = 8
-        c.lr_decay_epochs = [2, 4, 6]
-        c.hessian.num_samples = 1000
-        c.hessian.k = 10
-        c.input_hessian.num_samples = 500
-        c.landscape.num_points = 21
-        c.landscape.grid = 11
-        c.track.num_samples = 500
-    elif scale == "smoke":
-        sweep_base.smoke(c)
-    return c
+    return common.at_scale(c, cpu=CPU, smoke=sweep_base.SMOKE)

@@ -1,43 +1,69 @@
-"""M1 / MNIST robust-training study (PAPER.md Table 3; Figs. 5, 6, 10-12 for MNIST).
+"""M1 / MNIST robust-training study (docs/paper.md Table 3; Figs. 5, 6, 10-12 for MNIST).
 
 ``--config=experiments/configs/m1_robust.py:SCALE`` with SCALE in {paper (default), cpu, smoke}.
 
-* paper: the original M1 as in PAPER.md (SGD lr 0.01, momentum 0.9, lr halved every 5 epochs, 100
-  epochs, batch 128 [choice: the paper does not give the batch size of this study]), then 5 more
-  epochs of adversarial training with each of FGSM, FGSM-10, GRAD, FHSM, HESS (lr 0.01, momentum
-  0.9 [choice: the printed rate was lost]); all test images attacked; top-20 eigenvalues of the
-  whole training-set Hessian and of sub-sampled Hessians with b_H = 1 and 128 (3 random subsets).
+* paper: the original M1 as in docs/paper.md (SGD lr 0.01, momentum 0.9, lr halved every 5 epochs,
+  100 epochs, batch 128 [choice: the paper does not give the batch size of this study]), then 5
+  more epochs of adversarial training with each of FGSM, FGSM-10, GRAD, FHSM, HESS (lr 0.01,
+  momentum 0.9 [choice: the printed rate was lost]); all test images attacked; top-20
+  eigenvalues of the whole training-set Hessian and of sub-sampled Hessians with b_H = 1 and 128
+  (3 random subsets).
 * cpu: 10,000 training images, the original trained 20 epochs (lr halved every 5), 2 robust epochs
   per attack; clean accuracy on the 10,000 test images, attacks on the first 1,000; the "full"
   Hessian on the first 500 training images (top 20, Lanczos tol 1e-3, at most 60 HVPs),
   sub-sampled b_H = 1 and 128 (2 subsets, at most 40 HVPs each).
 * smoke: 256 / 128 images, 1 + 1 epochs, k = 2, b_H = 1 only: a functional check.
 
-ε [choice; the printed values were lost]: L∞ attacks (FGSM, FGSM-10, FHSM) ε∞ = 0.2 (PAPER.md's
+ε [choice; the printed values were lost]: L∞ attacks (FGSM, FGSM-10, FHSM) ε∞ = 0.2 (docs/paper.md's
 MNIST ε₁, normalised units), L2 attacks (GRAD, HESS) ε₂ = 4.0 (normalised units, ≈ 1.23 in
 pixel units; the FGSM perturbation at ε∞ = 0.2 has L2 norm 5.6), for training and evaluation.
+
+c3_robust.py derives from this file's paper config and uses its ``SMOKE`` reduction.
 """
 
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-SCALES = ("paper", "cpu", "smoke")
+from experiments.configs import common
+
 ATTACKS = ["fgsm", "fgsm10", "l2_grad", "fhsm", "l2_hess"]
 
+CPU = dict(
+    train_limit=10000,
+    original=dict(num_epochs=20, lr_decay_epochs=[5, 10, 15]),
+    robust=dict(num_epochs=2),
+    evaluation=dict(num_samples=1000),
+    hessian=dict(
+        num_samples=500, tol=1e-3, max_matvecs=60, num_subsets=2, subsample_max_matvecs=40
+    ),
+    interpolation=dict(num_points=21, num_samples=2000),
+)
+SMOKE = dict(
+    batch_size=64,
+    micro_batch_size=64,
+    original=dict(num_epochs=1, lr_decay_epochs=[]),
+    robust=dict(num_epochs=1, ifgsm_steps=3, cg_iters=3),
+    evaluation=dict(num_samples=32, batch_size=32, cg_iters=3),
+    hessian=dict(
+        num_samples=128,
+        batch_size=128,
+        k=2,
+        tol=1e-2,
+        max_matvecs=6,
+        subsample_sizes=[1],
+        num_subsets=1,
+        num_negative=1,
+        subsample_tol=1e-2,
+        subsample_max_matvecs=4,
+    ),
+    interpolation=dict(num_points=3, num_samples=64),
+)
 
-def base_config(scale: str) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.name = f"m1_robust_{scale}"
-    c.scale = scale
-    c.dataset = "mnist"
-    c.model = "m1"
-    c.data_dir = placeholder(str)  # None: $HESSJAX_DATA_DIR, then tensorflow_datasets
-    c.train_limit = placeholder(int)  # None: the whole split
-    c.test_limit = placeholder(int)
-    c.seed = 0
-    c.batch_size = 128
-    c.micro_batch_size = 128
-    c.eval_batch_size = 1000
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    c = common.study_config(
+        "m1_robust", arg, dataset="mnist", model="m1", seed=0, batch_size=128, micro_batch_size=128
+    )
 
     c.original = ml_collections.ConfigDict()
     c.original.lr = 0.01
@@ -50,7 +76,7 @@ def base_config(scale: str) -> ml_collections.ConfigDict:
     c.robust.attacks = list(ATTACKS)
     c.robust.eps_linf = 0.2  # FGSM, FGSM-10, FHSM
     c.robust.eps_l2 = 4.0  # GRAD, HESS
-    c.robust.fraction = 1.0  # adversarial share of every micro-batch (PAPER.md: all)
+    c.robust.fraction = 1.0  # adversarial share of every micro-batch (docs/paper.md: all)
     c.robust.lr = 0.01
     c.robust.momentum = 0.9
     c.robust.lr_decay_epochs = []
@@ -60,85 +86,22 @@ def base_config(scale: str) -> ml_collections.ConfigDict:
     c.robust.cg_iters = 10  # CG iterations of FHSM/HESS during training (rank <= c - 1 = 9)
 
     c.evaluation = ml_collections.ConfigDict()
-    c.evaluation.num_samples = placeholder(
-        int
-    )  # test samples attacked; None: the whole test subset
+    c.evaluation.num_samples = placeholder(int)  # test samples attacked; None: the whole subset
     c.evaluation.batch_size = 500  # samples per attack call
     c.evaluation.eps_linf = 0.2
     c.evaluation.eps_l2 = 4.0
     c.evaluation.cg_iters = 20
 
-    c.hessian = ml_collections.ConfigDict()
-    c.hessian.num_samples = placeholder(int)  # "full" Hessian: None = the whole training subset
-    c.hessian.batch_size = 1000  # samples per HVP evaluation (memory knob only)
-    c.hessian.k = 20
-    c.hessian.method = "lanczos"  # or "power" (the paper's deflated power iteration)
-    c.hessian.tol = 1e-4
-    c.hessian.max_matvecs = placeholder(int)
-    c.hessian.subsample_sizes = [1, 128]  # b_H (PAPER.md [choice])
+    c.hessian = common.hessian(1000)  # "full" Hessian over the whole training subset
+    c.hessian.subsample_sizes = [1, 128]  # b_H (docs/paper.md [choice])
     c.hessian.num_subsets = 3  # random subsets per b_H
     c.hessian.num_negative = 3  # most negative eigenvalues reported at b_H = 1
     c.hessian.subsample_tol = 1e-3
     c.hessian.subsample_max_matvecs = placeholder(int)
 
     c.interpolation = ml_collections.ConfigDict()
-    c.interpolation.alpha_min = -0.5  # PAPER.md [choice]
+    c.interpolation.alpha_min = -0.5  # docs/paper.md [choice]
     c.interpolation.alpha_max = 1.5
     c.interpolation.num_points = 41
-    c.interpolation.num_samples = placeholder(
-        int
-    )  # train/test samples per loss; None: the whole subsets
-    return c
-
-
-def scale_cpu(c):
-    c.train_limit = 10000
-    c.original.num_epochs = 20
-    c.original.lr_decay_epochs = [5, 10, 15]
-    c.robust.num_epochs = 2
-    c.evaluation.num_samples = 1000
-    c.hessian.num_samples = 500
-    c.hessian.tol = 1e-3
-    c.hessian.max_matvecs = 60
-    c.hessian.num_subsets = 2
-    c.hessian.subsample_max_matvecs = 40
-    c.interpolation.num_points = 21
-    c.interpolation.num_samples = 2000
-
-
-def scale_smoke(c):
-    c.train_limit, c.test_limit = 256, 128
-    c.batch_size = c.micro_batch_size = 64
-    c.eval_batch_size = 128
-    c.original.num_epochs = 1
-    c.original.lr_decay_epochs = []
-    c.robust.num_epochs = 1
-    c.robust.ifgsm_steps = 3
-    c.robust.cg_iters = 3
-    c.evaluation.num_samples = 32
-    c.evaluation.batch_size = 32
-    c.evaluation.cg_iters = 3
-    c.hessian.num_samples = 128
-    c.hessian.batch_size = 128
-    c.hessian.k = 2
-    c.hessian.tol = 1e-2
-    c.hessian.max_matvecs = 6
-    c.hessian.subsample_sizes = [1]
-    c.hessian.num_subsets = 1
-    c.hessian.num_negative = 1
-    c.hessian.subsample_tol = 1e-2
-    c.hessian.subsample_max_matvecs = 4
-    c.interpolation.num_points = 3
-    c.interpolation.num_samples = 64
-
-
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    scale = arg or "paper"
-    if scale not in SCALES:
-        raise ValueError(f"unknown scale {scale!r} for m1_robust; choose one of {SCALES}")
-    c = base_config(scale)
-    if scale == "cpu":
-        scale_cpu(c)
-    elif scale == "smoke":
-        scale_smoke(c)
-    return c
+    c.interpolation.num_samples = placeholder(int)  # per loss; None: the whole subsets
+    return common.at_scale(c, cpu=CPU, smoke=SMOKE)

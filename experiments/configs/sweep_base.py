@@ -1,7 +1,8 @@
-"""Shared skeleton of the batch-sweep configs (m1.py, c1.py, c2.py, cr.py).
+"""Shared skeleton of the batch-sweep configs (m1.py, c1.py; c2.py and cr.py derive from c1.py).
 
 Each table's file states the paper's recipe and its ``cpu`` reduction; the fields every sweep has,
-their defaults, the ``smoke`` reduction and the scale check live here once.
+their defaults and the ``smoke`` reduction live here once (the scale check and the fields of every
+study: common.py).
 """
 
 from __future__ import annotations
@@ -9,20 +10,12 @@ from __future__ import annotations
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-SCALES = ("paper", "cpu", "smoke")
-
-
-def check_scale(arg: str | None, table: str) -> str:
-    """The scale named by ``--config=...py:SCALE`` (default ``paper``); ValueError otherwise."""
-    scale = arg or "paper"
-    if scale not in SCALES:
-        raise ValueError(f"unknown scale {scale!r} for {table}; choose one of {SCALES}")
-    return scale
+from experiments.configs import common
 
 
 def sweep_config(
     table: str,
-    scale: str,
+    arg: str | None,
     *,
     dataset: str,
     model: str,
@@ -36,15 +29,8 @@ def sweep_config(
     hessian_batch_size: int = 500,
     input_batch_size: int = 250,
 ) -> ml_collections.ConfigDict:
-    """Paper-scale sweep config; the caller then applies its ``cpu`` changes or :func:`smoke`."""
-    c = ml_collections.ConfigDict()
-    c.name = f"{table}_{scale}"
-    c.scale = scale
-    c.dataset = dataset
-    c.model = model
-    c.data_dir = placeholder(str)  # None: $HESSJAX_DATA_DIR, then tensorflow_datasets
-    c.train_limit = placeholder(int)  # None: the whole split
-    c.test_limit = placeholder(int)
+    """Paper-scale sweep config; the caller then applies its ``cpu`` changes or :data:`SMOKE`."""
+    c = common.study_config(table, arg, dataset=dataset, model=model)
     c.batch_sizes = list(batch_sizes)
     # Ghost BN: a batch larger than micro_batch_size is accumulated from micro-batches of that
     # size (BN statistics per micro-batch); smaller batches are one micro-batch.
@@ -56,18 +42,11 @@ def sweep_config(
     c.lr_decay_epochs = list(lr_decay_epochs)
     c.lr_decay_factor = lr_decay_factor
     c.num_epochs = num_epochs
-    c.target_loss = 0.001  # stop once the full training loss is <= this (PAPER.md)
+    c.target_loss = 0.001  # stop once the full training loss is <= this (docs/paper.md)
     c.data_parallel = True  # split batches over all devices when there are several
     c.augment = False  # random crop (pad 4) + horizontal flip of every training micro-batch
-    c.eval_batch_size = 1000
 
-    c.hessian = ml_collections.ConfigDict()
-    c.hessian.num_samples = placeholder(int)  # None: the whole train (test) subset, as in the paper
-    c.hessian.batch_size = hessian_batch_size  # samples per HVP evaluation (memory knob only)
-    c.hessian.k = 20
-    c.hessian.method = "lanczos"  # or "power" (the paper's deflated power iteration)
-    c.hessian.tol = 1e-4
-    c.hessian.max_matvecs = placeholder(int)  # None: hessjax.eigen.default_max_matvecs
+    c.hessian = common.hessian(hessian_batch_size)
 
     c.input_hessian = ml_collections.ConfigDict()
     c.input_hessian.enabled = True  # False: skip ‖∇ₓJ‖ and λ_max^x (Table 2 has no such columns)
@@ -76,7 +55,7 @@ def sweep_config(
     )  # also the FGSM evaluation set; None: the whole subset
     c.input_hessian.batch_size = input_batch_size
 
-    c.fgsm_eps = list(fgsm_eps)  # eps1, eps2 in the units the model sees (PAPER.md [choice])
+    c.fgsm_eps = list(fgsm_eps)  # eps1, eps2 in the units the model sees (docs/paper.md [choice])
 
     c.landscape = ml_collections.ConfigDict()
     c.landscape.t_min = -0.5
@@ -97,27 +76,16 @@ def sweep_config(
     return c
 
 
-def smoke(c: ml_collections.ConfigDict, batch_sizes=(32, 128)) -> ml_collections.ConfigDict:
-    """A functional check in about a minute: 256 / 128 images, 2 batch sizes, 1 epoch, every
-    measurement on 32 samples (a CIFAR-net HVP costs ~0.05 s per image on 2 CPU cores)."""
-    c.train_limit, c.test_limit = 256, 128
-    c.batch_sizes = list(batch_sizes)
-    c.micro_batch_size = min(batch_sizes)
-    c.num_seeds = 1
-    c.num_epochs = 1
-    c.lr_decay_epochs = []
-    c.eval_batch_size = 128
-    c.hessian.num_samples = 32
-    c.hessian.batch_size = 32
-    c.hessian.k = 3
-    c.hessian.tol = 1e-2
-    c.hessian.max_matvecs = 12
-    c.input_hessian.num_samples = 32
-    c.input_hessian.batch_size = 32
-    c.landscape.num_points = 5
-    c.landscape.grid = 3
-    c.landscape.num_samples = 32
-    c.track.num_samples = 32
-    c.track.tol = 1e-2
-    c.track.max_matvecs = 6
-    return c
+#: A functional check in about a minute: 256 / 128 images (common.SMOKE_DATA), 2 batch sizes,
+#: 1 epoch, every measurement on 32 samples (a CIFAR-net HVP costs ~0.05 s per image on 2 cores).
+SMOKE = dict(
+    batch_sizes=[32, 128],
+    micro_batch_size=32,
+    num_seeds=1,
+    num_epochs=1,
+    lr_decay_epochs=[],
+    hessian=dict(num_samples=32, batch_size=32, k=3, tol=1e-2, max_matvecs=12),
+    input_hessian=dict(num_samples=32, batch_size=32),
+    landscape=dict(num_points=5, grid=3, num_samples=32),
+    track=dict(num_samples=32, tol=1e-2, max_matvecs=6),
+)

@@ -9,7 +9,7 @@ lr scaling with warm-up ("FB") and robust (adversarial) training; test accuracy 
   divide 8,000 or 10,000; 125 is the closest size that divides every batch]. FB: peak lr
   0.02 * B / 128 reached by a linear ramp over the first 5 epochs (Goyal et al. 2017). Robust:
   every micro-batch replaced by FGSM examples with eps = 0.01 [choice: the paper gives neither the
-  attack nor eps of Table 8; 0.01 is PAPER.md's CIFAR eps2] made with BN in inference mode.
+  attack nor eps of Table 8; 0.01 is docs/paper.md's CIFAR eps2] made with BN in inference mode.
 * cpu: the same four batch sizes on the real 50,000 training images and all 10,000 test images,
   but ONE update per run (one epoch capped at one step: a batch-50,000 step costs ~4 minutes on 2
   CPU cores, robust ~2.9x that), no warm-up (there is no room for one), the per-epoch training
@@ -22,23 +22,30 @@ lr scaling with warm-up ("FB") and robust (adversarial) training; test accuracy 
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-SCALES = ("paper", "cpu", "smoke")
+from experiments.configs import common
+
 METHODS = ["baseline", "fb", "robust"]
+
+CPU = dict(
+    num_epochs=1,
+    max_steps_per_epoch=1,
+    lr_decay_epochs=[],
+    fb=dict(warmup_epochs=0),
+    eval_limit=2000,
+)
+SMOKE = dict(
+    batch_sizes=[64, 128],
+    micro_batch_size=32,
+    num_epochs=1,
+    lr_decay_epochs=[],
+    fb=dict(warmup_epochs=1),
+    memory_batch_sizes=[32],
+)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    scale = arg or "paper"
-    if scale not in SCALES:
-        raise ValueError(f"unknown scale {scale!r} for table8; choose one of {SCALES}")
-    c = ml_collections.ConfigDict()
-    c.name = f"table8_{scale}"
-    c.scale = scale
-    c.dataset = "cifar10"
-    c.model = "c1"
-    c.data_dir = placeholder(str)  # None: $HESSJAX_DATA_DIR, then tensorflow_datasets
-    c.train_limit = placeholder(int)  # None: all 50,000 training images
-    c.test_limit = placeholder(int)
-    c.seed = 0
+    # train_limit None: all 50,000 training images
+    c = common.study_config("table8", arg, dataset="cifar10", model="c1", seed=0)
     c.batch_sizes = [8000, 10000, 25000, 50000]
     c.micro_batch_size = 125
     c.methods = list(METHODS)
@@ -48,7 +55,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.lr_decay_factor = 0.2
     c.num_epochs = 90
     c.max_steps_per_epoch = placeholder(int)  # None: full epochs
-    c.eval_batch_size = 1000
     c.eval_limit = placeholder(
         int
     )  # training samples for the per-epoch loss (divergence check); None: all
@@ -66,20 +72,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.robust.cg_iters = 10
 
     c.memory_batch_sizes = [1000]  # extra one-step probes (peak RSS); runs record their own
-
-    if scale == "cpu":
-        c.num_epochs = 1
-        c.max_steps_per_epoch = 1
-        c.lr_decay_epochs = []
-        c.fb.warmup_epochs = 0
-        c.eval_limit = 2000
-    elif scale == "smoke":
-        c.train_limit, c.test_limit = 256, 128
-        c.batch_sizes = [64, 128]
-        c.micro_batch_size = 32
-        c.num_epochs = 1
-        c.lr_decay_epochs = []
-        c.fb.warmup_epochs = 1
-        c.eval_batch_size = 128
-        c.memory_batch_sizes = [32]
-    return c
+    return common.at_scale(c, cpu=CPU, smoke=SMOKE)
