@@ -151,16 +151,9 @@ class AdversarialTraining:
             adversary=adversary,
             mesh=ctx.mesh,
         )
+        epochs = section.num_epochs
         result = ctx.fit_or_restore(
-            run.name,
-            step,
-            state,
-            x,
-            y,
-            batch_size=config.batch_size,
-            num_epochs=section.num_epochs,
-            seed=seed,
-            eval_batch_size=config.eval_batch_size,
+            run.name, step, state, batch_size=config.batch_size, num_epochs=epochs, seed=seed
         )
         variables = htrain.state_variables(result.state)
         return variables, (

@@ -208,19 +208,12 @@ class BatchSweep:
             augment=hdata.augment_cifar if config.augment else None,
             mesh=ctx.mesh,
         )
+        callback = self.tracker(ctx, seed)
+        epochs, target = config.num_epochs, config.target_loss
         result = ctx.fit_or_restore(
-            run.name,
-            step,
-            state,
-            x,
-            y,
-            batch_size=b,
-            num_epochs=config.num_epochs,
-            seed=seed,
-            target_loss=config.target_loss,
-            eval_batch_size=config.eval_batch_size,
-            callback=self.tracker(ctx, seed),
-        )
+            run.name, step, state, batch_size=b, num_epochs=epochs, seed=seed,
+            target_loss=target, callback=callback,
+        )  # fmt: skip
         variables = htrain.state_variables(result.state)
         if ctx.analyze_only:
             return variables, {}
@@ -399,40 +392,37 @@ class BatchSweep:
         colors = plt.cm.viridis(np.linspace(0, 0.9, len(runs)))
         paths = []
 
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-        for ax, split in zip(axes, SPLITS, strict=True):
-            values = []
-            for (b, r), col in zip(runs, colors, strict=True):
-                ev = np.asarray(r[split]["eigenvalues"])
-                values += list(ev)
-                ax.plot(np.arange(1, len(ev) + 1), ev, "o-", color=col, label=f"B={b}")
-            plots.value_scale(ax, values)
-            plots.integer_ticks(ax)
-            ax.set_xlabel("eigenvalue index")
-            ax.set_ylabel(r"eigenvalue $\lambda_i(\nabla^2_\theta L)$")
-            ax.set_title(f"Top-{config.hessian.k} Hessian spectrum ({split})")
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(title="batch size", fontsize=8)
-        fig.suptitle(f"{config.name}: Fig. 1")
-        fig.tight_layout()
-        paths.append(plots.save(fig, folder / "fig1_spectrum.png"))
+        def spectrum(r):
+            ev = np.asarray(r["eigenvalues"])
+            return np.arange(1, len(ev) + 1), ev, "o-"
 
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-        for ax, split in zip(axes, SPLITS, strict=True):
-            values = []
-            for (b, r), col in zip(runs, colors, strict=True):
-                land = r[split]["landscape_1d"]
-                values += land["loss"]
-                ax.plot(land["t"], land["loss"], color=col, label=f"B={b}")
-            plots.value_scale(ax, values)
-            ax.set_xlabel("t  (θ + t·v₁)")
-            ax.set_ylabel("cross-entropy loss")
-            ax.set_title(f"Loss along the top eigenvector ({split})")
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(title="batch size", fontsize=8)
-        fig.suptitle(f"{config.name}: Fig. 2")
-        fig.tight_layout()
-        paths.append(plots.save(fig, folder / "fig2_landscape_1d.png"))
+        def line(r):
+            return r["landscape_1d"]["t"], r["landscape_1d"]["loss"], "-"
+
+        eigenvalue, top = r"eigenvalue $\lambda_i(\nabla^2_\theta L)$", config.hessian.k
+        panels = (
+            ("fig1_spectrum", "Fig. 1", spectrum, "eigenvalue index", eigenvalue,
+             f"Top-{top} Hessian spectrum"),
+            ("fig2_landscape_1d", "Fig. 2", line, "t  (θ + t·v₁)", "cross-entropy loss",
+             "Loss along the top eigenvector"),
+        )  # fmt: skip
+        for name, fig_title, draw, xlabel, ylabel, title in panels:
+            fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+            for ax, split in zip(axes, SPLITS, strict=True):
+                values = []
+                for (b, r), col in zip(runs, colors, strict=True):
+                    xs, ys, style = draw(r[split])
+                    values += list(ys)
+                    ax.plot(xs, ys, style, color=col, label=f"B={b}")
+                plots.value_scale(ax, values)
+                if draw is spectrum:
+                    plots.integer_ticks(ax)
+                ax.set(xlabel=xlabel, ylabel=ylabel, title=f"{title} ({split})")
+                ax.grid(True, which="both", alpha=0.3)
+                ax.legend(title="batch size", fontsize=8)
+            fig.suptitle(f"{config.name}: {fig_title}")
+            fig.tight_layout()
+            paths.append(plots.save(fig, folder / f"{name}.png"))
 
         paths.append(self._landscape_2d_figure(config, runs, folder, plt))
         tracked = [(b, [h for h in r.get("history", []) if "lambda_max" in h]) for b, r in runs]

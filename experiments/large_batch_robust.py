@@ -207,19 +207,10 @@ class LargeBatchRobust:
         tic = time.perf_counter()
         with PeakRSS() as mem:
             result = ctx.fit_or_restore(
-                run.name,
-                step,
-                state,
-                x,
-                y,
-                batch_size=b,
-                num_epochs=config.num_epochs,
-                seed=config.seed,
-                divergence_factor=config.divergence_factor,
-                eval_batch_size=config.eval_batch_size,
-                max_steps_per_epoch=config.max_steps_per_epoch,
-                eval_limit=config.eval_limit,
-            )
+                run.name, step, state, batch_size=b, num_epochs=config.num_epochs,
+                seed=config.seed, divergence_factor=config.divergence_factor,
+                max_steps_per_epoch=config.max_steps_per_epoch, eval_limit=config.eval_limit,
+            )  # fmt: skip
         variables = htrain.state_variables(result.state)
         if ctx.analyze_only:
             return variables, {}

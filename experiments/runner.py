@@ -175,10 +175,12 @@ class Context:
         """The mesh if ``size`` samples split evenly over it, else None (one device)."""
         return self.mesh if self.mesh is not None and size % self.mesh.size == 0 else None
 
-    def fit_or_restore(self, run_name: str, step, state, x, y, **fit_kw):
-        """Train run ``run_name`` with :func:`hessjax.train.fit` (checkpoints in
-        ``<run>/ckpt``, per-epoch records in ``<run>/metrics.jsonl``; a finished run returns at
-        once), or with ``--analyze_only`` only restore its checkpoint. A ``FitResult``."""
+    def fit_or_restore(self, run_name: str, step, state, **fit_kw):
+        """Train run ``run_name`` on the training data with :func:`hessjax.train.fit` (checkpoints
+        in ``<run>/ckpt``, per-epoch records in ``<run>/metrics.jsonl``, evaluation batches of
+        ``config.eval_batch_size``; a finished run returns at once), or with ``--analyze_only``
+        only restore its checkpoint. ``fit_kw``: ``batch_size``, ``num_epochs``, ``seed``, ...
+        Returns a ``FitResult``."""
         run_dir = self.run_dir(run_name)
         ckpt = run_dir / "ckpt"
         if self.analyze_only:
@@ -187,9 +189,10 @@ class Context:
                 raise MissingCheckpoint(f"--analyze_only: no checkpoint in {ckpt}; train it first")
             state, status, epoch = restored
             return htrain.FitResult(state, status, epoch, [])
-        return htrain.fit(
-            step, state, x, y, workdir=ckpt, metrics_file=run_dir / "metrics.jsonl", **fit_kw
-        )
+        fit_kw.setdefault("eval_batch_size", self.config.eval_batch_size)
+        x, y = self.data["train"]
+        metrics = run_dir / "metrics.jsonl"
+        return htrain.fit(step, state, x, y, workdir=ckpt, metrics_file=metrics, **fit_kw)
 
     def variables_of(self, name: str) -> Any:
         """Trained variables of run ``name`` (this invocation's, else restored: a finished run's

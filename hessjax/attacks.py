@@ -166,18 +166,9 @@ def newton_direction(
 
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "cg_iters", "batch_size"))
-def newton_directions(
-    apply_fn: ApplyFn,
-    variables: Any,
-    x: jax.Array,
-    y: jax.Array,
-    *,
-    cg_iters: int = 20,
-    cg_tol: float = 1e-6,
-    batch_size: int = 500,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
+def newton_directions(apply_fn, variables, x, y, *, cg_iters=20, cg_tol=1e-6, batch_size=500):
     """``newton_direction`` per sample: x (N, ...), y (N,) -> p (N, ...), residual (N,), iters
-    (N,)."""
+    (N,); ``batch_size`` samples vmapped at a time."""
     one = lambda s: newton_direction(apply_fn, variables, *s, cg_iters=cg_iters, cg_tol=cg_tol)
     return jax.lax.map(one, (x, y), batch_size=batch_size)
 
@@ -290,45 +281,47 @@ def l2_grad(apply_fn: ApplyFn, variables: Any, x, y, eps, *, clip, batch_size: i
     return _direction_attack("grad", "l2", apply_fn, variables, x, y, eps, clip, batch_size)
 
 
-def fhsm(
-    apply_fn: ApplyFn,
-    variables: Any,
-    x,
-    y,
-    eps,
-    *,
-    clip,
-    cg_iters: int = 20,
-    cg_tol: float = 1e-6,
-    batch_size: int = 500,
-    return_info: bool = False,
-):
+def _newton_attack(name: str, norm: str, doc: str) -> Callable:
+    """The second-order attack ``name`` (same CG direction ``p``, ``norm`` of the step)."""
+
+    def attack(
+        apply_fn: ApplyFn,
+        variables: Any,
+        x,
+        y,
+        eps,
+        *,
+        clip,
+        cg_iters: int = 20,
+        cg_tol: float = 1e-6,
+        batch_size: int = 500,
+        return_info: bool = False,
+    ):
+        cg = dict(cg_iters=cg_iters, cg_tol=cg_tol, return_info=return_info)
+        return _direction_attack(
+            "hess", norm, apply_fn, variables, x, y, eps, clip, batch_size, **cg
+        )
+
+    attack.__name__ = attack.__qualname__ = name
+    attack.__doc__ = doc
+    return attack
+
+
+fhsm = _newton_attack(
+    "fhsm",
+    "linf",
     """FHSM: ``clip(x + ε·sign(p))`` with ``H p = g`` solved by CG (``newton_direction``).
 
     Returns ``x_adv`` ((N, ...) or (E, N, ...)); with ``return_info=True`` the pair
     ``(x_adv, CGInfo(relative_residual (N,), iterations (N,)))``.
-    """
-    cg = dict(cg_iters=cg_iters, cg_tol=cg_tol, return_info=return_info)
-    return _direction_attack("hess", "linf", apply_fn, variables, x, y, eps, clip, batch_size, **cg)
-
-
-def l2_hess(
-    apply_fn: ApplyFn,
-    variables: Any,
-    x,
-    y,
-    eps,
-    *,
-    clip,
-    cg_iters: int = 20,
-    cg_tol: float = 1e-6,
-    batch_size: int = 500,
-    return_info: bool = False,
-):
-    """HESS (L2 Hessian attack): ``clip(x + ε·p/‖p‖₂)``, same ``p`` and return values as
-    ``fhsm``."""
-    cg = dict(cg_iters=cg_iters, cg_tol=cg_tol, return_info=return_info)
-    return _direction_attack("hess", "l2", apply_fn, variables, x, y, eps, clip, batch_size, **cg)
+    """,
+)
+l2_hess = _newton_attack(
+    "l2_hess",
+    "l2",
+    """HESS (L2 Hessian attack): ``clip(x + ε·p/‖p‖₂)``, same ``p``, arguments and return values
+    as :func:`fhsm`.""",
+)
 
 
 # ----------------------------------------------------------------------------- FGSM-10

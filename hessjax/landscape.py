@@ -15,12 +15,18 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh
 
 from hessjax._internal import ApplyFn
 from hessjax.evaluation import evaluate
 
-__all__ = ["interpolate", "interpolation", "landscape_1d", "landscape_2d", "shift"]
+__all__ = [
+    "interpolate",
+    "interpolation",
+    "landscape_1d",
+    "landscape_2d",
+    "losses_at",
+    "shift",
+]
 
 
 def shift(params: Any, vectors: Any, coefficients: Sequence[float]) -> Any:
@@ -34,56 +40,29 @@ def shift(params: Any, vectors: Any, coefficients: Sequence[float]) -> Any:
     return out
 
 
-def _loss_at(apply_fn, variables, params, x, y, batch_size, mesh) -> float:
-    return evaluate(apply_fn, {**variables, "params": params}, x, y, batch_size, mesh=mesh)[0]
-
-
-def landscape_1d(
-    apply_fn: ApplyFn,
-    variables: Any,
-    x,
-    y,
-    vectors: Any,
-    ts: Sequence[float],
-    *,
-    batch_size: int = 1000,
-    mesh: Mesh | None = None,
+def losses_at(
+    apply_fn: ApplyFn, variables: Any, x, y, vectors: Any, coefficients, **eval_kw
 ) -> np.ndarray:
+    """(P,) ``L(θ + Σ_j c_pj·v_j)`` for every row ``c_p`` of ``coefficients`` (P, k), BN
+    statistics of ``variables`` fixed. ``eval_kw``: ``batch_size``, ``mesh`` of
+    :func:`hessjax.evaluation.evaluate`."""
+    params = variables["params"]
+    shifted = lambda c: {**variables, "params": shift(params, vectors, c)}
+    return np.array([evaluate(apply_fn, shifted(c), x, y, **eval_kw)[0] for c in coefficients])
+
+
+def landscape_1d(apply_fn: ApplyFn, variables: Any, x, y, vectors: Any, ts, **eval_kw):
     """(T,) ``L(θ + tᵢ·v₁)`` for every ``tᵢ`` in ``ts``; ``v₁ = vectors[0]`` (docs/paper.md,
-    Fig. 2). ``variables`` are the model's (``params`` = θ, BN statistics kept fixed)."""
-    params = variables["params"]
-    return np.array(
-        [
-            _loss_at(apply_fn, variables, shift(params, vectors, [t]), x, y, batch_size, mesh)
-            for t in ts
-        ]
-    )
+    "Loss landscape", Fig. 2). ``variables`` are the model's (``params`` = θ, BN statistics
+    fixed); ``eval_kw``: ``batch_size``, ``mesh``."""
+    return losses_at(apply_fn, variables, x, y, vectors, [[t] for t in ts], **eval_kw)
 
 
-def landscape_2d(
-    apply_fn: ApplyFn,
-    variables: Any,
-    x,
-    y,
-    vectors: Any,
-    ts: Sequence[float],
-    *,
-    batch_size: int = 1000,
-    mesh: Mesh | None = None,
-) -> np.ndarray:
-    """(T, T) ``loss[i, j] = L(θ + tᵢ·v₁ + tⱼ·v₂)`` (docs/paper.md, Fig. 3)."""
-    params = variables["params"]
-    return np.array(
-        [
-            [
-                _loss_at(
-                    apply_fn, variables, shift(params, vectors, [a, b]), x, y, batch_size, mesh
-                )
-                for b in ts
-            ]
-            for a in ts
-        ]
-    )
+def landscape_2d(apply_fn: ApplyFn, variables: Any, x, y, vectors: Any, ts, **eval_kw):
+    """(T, T) ``loss[i, j] = L(θ + tᵢ·v₁ + tⱼ·v₂)`` (docs/paper.md, "Loss landscape", Fig. 3)."""
+    grid = [[a, b] for a in ts for b in ts]
+    losses = losses_at(apply_fn, variables, x, y, vectors, grid, **eval_kw)
+    return losses.reshape(len(ts), len(ts))
 
 
 def interpolate(variables_a: Any, variables_b: Any, alpha: float) -> Any:
@@ -94,24 +73,13 @@ def interpolate(variables_a: Any, variables_b: Any, alpha: float) -> Any:
 
 
 def interpolation(
-    apply_fn: ApplyFn,
-    variables_a: Any,
-    variables_b: Any,
-    x,
-    y,
-    alphas: Sequence[float],
-    *,
-    batch_size: int = 1000,
-    mesh: Mesh | None = None,
+    apply_fn: ApplyFn, variables_a: Any, variables_b: Any, x, y, alphas, **eval_kw
 ) -> dict[str, np.ndarray]:
     """``{"loss": (A,), "accuracy": (A,)}`` of the model :func:`interpolate` (a, b, αᵢ) on
-    ``(x, y)`` for every ``αᵢ`` (α = 0: model a, α = 1: model b; docs/paper.md, Fig. 5)."""
-    values = [
-        evaluate(
-            apply_fn, interpolate(variables_a, variables_b, float(a)), x, y, batch_size, mesh=mesh
-        )
-        for a in alphas
-    ]
+    ``(x, y)`` for every ``αᵢ`` (α = 0: model a, α = 1: model b; docs/paper.md, Fig. 5).
+    ``eval_kw``: ``batch_size``, ``mesh`` of :func:`hessjax.evaluation.evaluate`."""
+    mix = lambda a: interpolate(variables_a, variables_b, float(a))
+    values = [evaluate(apply_fn, mix(a), x, y, **eval_kw) for a in alphas]
     return {
         "loss": np.array([v[0] for v in values]),
         "accuracy": np.array([v[1] for v in values]),

@@ -74,3 +74,18 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         "($HESSJAX_DATA_DIR, else ../shared/data beside the repository)."
     )
     terminalreporter.write_line(f"To run them: {FETCH_HINT}")
+
+
+@pytest.fixture
+def forbid_redo(monkeypatch):
+    """``forbid_redo(study)``: any call of ``study.train`` / ``study.analyze`` fails the test
+    (a finished run must not be redone); undone with ``monkeypatch.undo()``."""
+
+    def forbid(study):
+        def boom(*args, **kwargs):
+            raise AssertionError(f"a finished run of {study.name} was redone")
+
+        monkeypatch.setattr(study, "train", boom)
+        monkeypatch.setattr(study, "analyze", boom)
+
+    return forbid

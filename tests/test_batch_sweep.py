@@ -53,7 +53,7 @@ def test_spearman():
     assert batch_sweep.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
 
 
-def test_smoke_sweep_end_to_end_and_resume(data_dir, tmp_path, monkeypatch):
+def test_smoke_sweep_end_to_end_and_resume(data_dir, tmp_path, monkeypatch, forbid_redo):
     config = _smoke(data_dir)
     workdir = tmp_path / "run"
     results = runner.run(STUDY, config, workdir)
@@ -97,11 +97,7 @@ def test_smoke_sweep_end_to_end_and_resume(data_dir, tmp_path, monkeypatch):
     assert json.loads((workdir / "config.json").read_text())["name"] == "m1_smoke"
 
     # Running again neither retrains nor re-analyses a finished run.
-    def boom(*args, **kwargs):
-        raise AssertionError("a finished run was redone")
-
-    monkeypatch.setattr(STUDY, "train", boom)
-    monkeypatch.setattr(STUDY, "analyze", boom)
+    forbid_redo(STUDY)
     again = runner.run(STUDY, config, workdir)
     assert again["runs"] == saved["runs"]
 

@@ -58,7 +58,7 @@ def test_bad_configs_fail_with_one_message_before_any_work(tmp_path):
     assert not workdir.exists()
 
 
-def test_m1_robust_smoke_end_to_end_and_resume(data_dir, tmp_path, monkeypatch):
+def test_m1_robust_smoke_end_to_end_and_resume(data_dir, tmp_path, forbid_redo):
     config = m1_robust.get_config("smoke")
     config.data_dir = str(data_dir)
     config.robust.attacks = ["fgsm", "l2_hess"]  # one first- and one second-order attack
@@ -90,11 +90,7 @@ def test_m1_robust_smoke_end_to_end_and_resume(data_dir, tmp_path, monkeypatch):
     for png in ("spectra.png", "interpolation.png"):
         assert (workdir / "figures" / png).stat().st_size > 1000
 
-    def boom(*args, **kwargs):
-        raise AssertionError("a finished model was redone")
-
-    monkeypatch.setattr(ROBUST, "train", boom)
-    monkeypatch.setattr(ROBUST, "analyze", boom)
+    forbid_redo(ROBUST)
     again = runner.run(ROBUST, config, workdir)
     assert again["runs"] == saved["runs"]
 
@@ -120,7 +116,7 @@ def test_c3_robust_smoke_end_to_end(data_dir, tmp_path):
     assert "| FGSM |" in (tmp_path / "c3" / "table.md").read_text()
 
 
-def test_table8_smoke_end_to_end_and_resume(data_dir, tmp_path, monkeypatch):
+def test_table8_smoke_end_to_end_and_resume(data_dir, tmp_path, forbid_redo):
     config = table8.get_config("smoke")
     config.data_dir = str(data_dir)
     config.batch_sizes = [64]
@@ -143,7 +139,7 @@ def test_table8_smoke_end_to_end_and_resume(data_dir, tmp_path, monkeypatch):
     assert "| 64 |" in table and "Robust Acc" in table and "Peak resident memory" in table
     assert (workdir / "figures" / "table8.png").stat().st_size > 1000
 
-    monkeypatch.setattr(TABLE8, "train", lambda *a, **k: pytest.fail("redone"))
+    forbid_redo(TABLE8)
     again = runner.run(TABLE8, config, workdir)
     assert again["runs"] == results["runs"]
 

@@ -93,6 +93,7 @@ MESH_SCRIPT = textwrap.dedent(
     jax.config.update("jax_enable_x64", True)
     from jax.sharding import Mesh
     from hessjax import train
+    from hessjax.adversarial import Adversary
     from nets import SmallCNN, random_data
     assert jax.device_count() == 8, jax.devices()
     model = SmallCNN()
@@ -101,11 +102,14 @@ MESH_SCRIPT = textwrap.dedent(
     tx = train.make_optimizer(0.05)
     mesh = Mesh(np.array(jax.devices()), ("data",))
     noise = lambda key, x: x + 0.01 * jax.random.normal(key, x.shape, x.dtype)
-    for host in (False, True):
+    # robust training too (FGSM on half of each micro-batch), in the lax.scan form
+    adversary = Adversary("fgsm", 0.2, 0.5, (-2.0, 2.0))
+    cases = [(False, dict(augment=noise)), (True, dict(augment=noise))]
+    for host, extra in cases + [(False, dict(adversary=adversary))]:
         out = []
         for m in (None, mesh):
             step = train.TrainStep(model.apply, tx, micro_batch_size=16, mesh=m,
-                                   augment=noise, host_loops=host)
+                                   host_loops=host, **extra)
             state = step.replicate(train.init_state(variables, tx, 0))
             for _ in range(2):
                 state, metrics = step(state, x, y)
@@ -137,16 +141,8 @@ def test_divergence_is_reported_not_raised(tmp_path):
     model, variables, x, y = _mlp_setup()
     tx = train.make_optimizer(1e6)
     step = train.TrainStep(model.apply, tx, micro_batch_size=8)
-    result = train.fit(
-        step,
-        train.init_state(variables, tx, 0),
-        x,
-        y,
-        batch_size=16,
-        num_epochs=5,
-        verbose=False,
-        metrics_file=tmp_path / "m.jsonl",
-    )
+    state, log = train.init_state(variables, tx, 0), tmp_path / "m.jsonl"
+    result = train.fit(step, state, x, y, batch_size=16, num_epochs=5, metrics_file=log)
     assert result.status == "diverged" and result.epoch < 5
     assert len((tmp_path / "m.jsonl").read_text().splitlines()) == result.epoch
 
@@ -159,17 +155,8 @@ def test_fit_stops_at_target_loss():
     step = train.TrainStep(model.apply, tx, micro_batch_size=8)
     seen = []
     callback = lambda epoch, state, rec: seen.append(epoch) or {"extra": 1.0}
-    result = train.fit(
-        step,
-        train.init_state(variables, tx, 0),
-        x,
-        y,
-        batch_size=16,
-        num_epochs=300,
-        target_loss=0.01,
-        verbose=False,
-        callback=callback,
-    )
+    kw = dict(batch_size=16, num_epochs=300, target_loss=0.01, verbose=False)
+    result = train.fit(step, train.init_state(variables, tx, 0), x, y, callback=callback, **kw)
     assert result.status == "converged" and result.epoch < 300, result.history[-1]
     assert result.history[-1]["train_loss"] <= 0.01 and result.history[-1]["extra"] == 1.0
     assert seen == list(range(1, result.epoch + 1))
