@@ -258,7 +258,8 @@ def eigenvalues(
       method: ``"lanczos"`` (default; fewest matvecs) or ``"power"`` (the paper's deflated power
         iteration; largest-magnitude eigenvalues, see the module docstring).
       tol: Lanczos: ``max_i ‖A vᵢ − θᵢ vᵢ‖ ≤ tol · max|θ|``; power: relative change of each
-        eigenvalue between iterations ``≤ tol`` (PAPER.md: 1e-4; the authors' code used 1e-3).
+        eigenvalue between iterations ``≤ tol`` (default 1e-4, a choice: docs/paper.md, "Choices
+        where the paper is silent"; the authors' code used 1e-3).
       max_matvecs: Lanczos: Krylov dimension cap (memory ``(max_matvecs + 1) · P`` floats);
         power: total budget, ``max_matvecs // k`` iterations per eigenpair.
         Default :func:`default_max_matvecs`.

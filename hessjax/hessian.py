@@ -173,8 +173,9 @@ def subsampled_hessian_operator(
     batch_size: int | None = None,
     mesh: Mesh | None = None,
 ) -> HessianOperator:
-    """The sub-sampled Hessian of PAPER.md: the Hessian of the mean loss over ``b_H = num_samples``
-    random training samples (``b_H = 1`` allowed; its Hessian is typically indefinite)."""
+    """The sub-sampled Hessian (docs/paper.md, "Hessian computations"): the Hessian of the mean
+    loss over ``b_H = num_samples`` random training samples (``b_H = 1`` allowed; its Hessian is
+    typically indefinite)."""
     subset = subsample(data, num_samples, key=key)
     if batch_size is None:
         batch_size = min(num_samples, 256)

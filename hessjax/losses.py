@@ -48,8 +48,8 @@ def make_loss_fn(apply_fn: ApplyFn, variables: Mapping[str, Any]) -> jax.tree_ut
     """``loss_fn(params, (x, y)) = mean_i CE(apply_fn({"params": params, **state}, x)_i, y_i)``.
 
     ``apply_fn(variables, x) -> logits`` runs BatchNorm in inference mode (``model.apply``), so the
-    Hessian of this loss w.r.t. ``params`` is the one PAPER.md asks for: all trainable parameters,
-    BN scale/offset included, running statistics fixed.
+    Hessian of this loss w.r.t. ``params`` is the one the paper uses (docs/paper.md, "Hessian
+    computations"): all trainable parameters, BN scale/offset included, running statistics fixed.
     """
     _, state = split_variables(variables)
     return jax.tree_util.Partial(_loss_for(apply_fn), jax.tree_util.tree_map(jnp.asarray, state))

@@ -1,4 +1,4 @@
-"""The paper's networks (PAPER.md, "Models (Table 6)") as Flax linen modules.
+"""The paper's networks (docs/paper.md, "Models (Table 6)") as Flax linen modules.
 
 =====  ========  =================================================================  ==========
 name   data      layers                                                             params

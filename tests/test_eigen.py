@@ -61,7 +61,8 @@ def test_power_iteration_finds_largest_magnitude_eigenvalues(case, seed, loop_mo
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_single_sample_hessian_is_indefinite_and_both_ends_are_found(seed):
-    """b_H = 1 (PAPER.md claim 3): negative eigenvalues appear; Lanczos finds both ends exactly."""
+    """b_H = 1 (docs/paper.md, "Claims", claim 3): negative eigenvalues appear; Lanczos finds
+    both ends exactly."""
     loss_fn, params, data, _ = _problem("cnn_bn", seed)
     op = hessjax.subsampled_hessian_operator(
         loss_fn, params, data, num_samples=1, key=jax.random.key(seed)
