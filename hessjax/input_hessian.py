@@ -5,7 +5,8 @@
 ``∇²ₓJ = J_zᵀ (diag p − p pᵀ) J_z`` with ``J_z = ∂z/∂x`` (c × d) and ``p = softmax(z)``: PSD with
 rank ≤ c − 1 (docs/paper.md, "Claims", claim 4: Theorem 1 and Proposition 2). Its nonzero
 eigenvalues are those of the c × c matrix ``S^½ J_z J_zᵀ S^½``, ``S = diag p − p pᵀ`` — the
-``"exact"`` method. The ``"power"`` method runs power iteration on exact input HVPs ``jvp(∇ₓJ)`` and needs no piecewise linearity.
+``"exact"`` method. The ``"power"`` method runs power iteration on exact input HVPs
+``jvp(∇ₓJ)`` and needs no piecewise linearity.
 All functions are per sample with ``jax.vmap``, processed in chunks of ``batch_size`` samples.
 """
 
