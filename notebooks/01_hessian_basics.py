@@ -16,7 +16,7 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/hessjax/blob/main/notebooks/01_hessian_basics.ipynb)
 # (the badge opens `OWNER/hessjax`; for another copy see `notebooks/README.md`). On Colab, set
-# `HESSJAX_REPO_URL` to the repository's URL before the set-up cell: it installs hessjax from there.
+# `HESSJAX_REPO_URL` to the repository's URL before the install cell (the first code cell).
 #
 # On a network small enough for a dense `jax.hessian`, this notebook checks every weight-Hessian
 # tool of `hessjax` against dense truth:
@@ -32,53 +32,22 @@
 # dense Hessian exists (see notebook 02).
 
 # %%
-# Set-up. Where hessjax is not importable (Colab), this cell installs it with one pip command from
-# the repository at $HESSJAX_REPO_URL. On Colab, first run a cell with
+# Installs hessjax where it is missing (Colab), from $HESSJAX_REPO_URL: first run a cell
 #     %env HESSJAX_REPO_URL=https://github.com/<owner>/hessjax
-# (the repository this notebook comes from, or your fork), then this one.
-import importlib.util
+# (the repository this notebook comes from, or your fork). Where hessjax is importable: nothing.
 import os
-import subprocess
+import sys
+from importlib.util import find_spec
+from subprocess import check_call
 
-REPO_URL = os.environ.get("HESSJAX_REPO_URL") or "https://github.com/<owner>/hessjax"
-
-
-def install_command(repo_url: str, have_hessjax: bool) -> list[str] | None:
-    """The pip command that installs hessjax from ``repo_url``; None when hessjax is importable.
-    RuntimeError naming HESSJAX_REPO_URL while ``repo_url`` is still the placeholder."""
-    import sys
-
-    if have_hessjax:
-        return None
-    if not repo_url or "<owner>" in repo_url:
-        raise RuntimeError(
-            "hessjax is not installed and HESSJAX_REPO_URL is not set: run a cell with "
-            "`%env HESSJAX_REPO_URL=https://github.com/<owner>/hessjax` (the URL of the hessjax "
-            "repository or your fork) before this one, then run this cell again"
-        )
-    url = repo_url.removeprefix("git+")
-    return [sys.executable, "-m", "pip", "install", "-q", f"hessjax[notebooks] @ git+{url}"]
-
-
-command = install_command(REPO_URL, importlib.util.find_spec("hessjax") is not None)
-if command is not None:
-    print(*command)
-    subprocess.run(command, check=True)
-
-import jax
-
-print(jax.devices())
-
-# %%
-# Scale: $HESSJAX_SCALE (smoke | cpu | paper); default paper on an accelerator, cpu otherwise.
-import os
-
-SCALE = os.environ.get("HESSJAX_SCALE") or ("cpu" if jax.default_backend() == "cpu" else "paper")
-assert SCALE in ("smoke", "cpu", "paper"), f"HESSJAX_SCALE must be smoke, cpu or paper: {SCALE}"
-print("scale:", SCALE)
+URL = (os.environ.get("HESSJAX_REPO_URL") or "<unset>").removeprefix("git+")
+if find_spec("hessjax") is None:
+    assert "<" not in URL, "hessjax is not installed: run %env HESSJAX_REPO_URL=<repository URL>"
+    check_call([sys.executable, "-m", "pip", "install", "-q", f"hessjax[notebooks] @ git+{URL}"])
 
 # %%
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
@@ -88,7 +57,9 @@ import hessjax
 
 # float64, so that the comparisons with the dense Hessian show agreement to ~1e-12, not ~1e-6.
 jax.config.update("jax_enable_x64", True)
-
+# Scale: $HESSJAX_SCALE = smoke | cpu | paper (default: paper on an accelerator, cpu otherwise).
+SCALE = os.environ.get("HESSJAX_SCALE") or ("cpu" if jax.default_backend() == "cpu" else "paper")
+print(f"{SCALE} scale on {jax.devices()}")
 # Problem size per scale: a one-hidden-layer ReLU MLP on a synthetic 10-class data set of 8x8
 # images (hessjax.data.synthetic: class means + Gaussian noise), trained for a few epochs.
 HIDDEN, NUM_SAMPLES, EPOCHS, K = {
@@ -200,22 +171,12 @@ errors = {
 }
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
 for method, marker in (("power", "s"), ("lanczos", "o")):
-    ax1.plot(tols, counts[method], marker + "-", label=method)
-    ax2.plot(tols, errors[method], marker + "-", label=method)
-ax1.set(
-    xscale="log",
-    xlabel="tolerance tol",
-    ylabel="Hessian-vector products",
-    title=f"Cost of the top-{K} eigenvalues",
-)
-ax2.set(
-    xscale="log",
-    yscale="log",
-    xlabel="tolerance tol",
-    ylabel=r"max$_i\,|\lambda_i - \lambda_i^{\rm eigh}|$",
-    title="Error against numpy eigh",
-)
+    ax1.semilogx(tols, counts[method], marker + "-", label=method)
+    ax2.loglog(tols, errors[method], marker + "-", label=method)
+ax1.set(ylabel="Hessian-vector products", title=f"Cost of the top-{K} eigenvalues")
+ax2.set(ylabel=r"max$_i\,|\lambda_i - \lambda_i^{\rm eigh}|$", title="Error against numpy eigh")
 for ax in (ax1, ax2):
+    ax.set_xlabel("tolerance tol")
     ax.invert_xaxis()
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()

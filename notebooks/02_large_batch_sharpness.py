@@ -16,7 +16,7 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/hessjax/blob/main/notebooks/02_large_batch_sharpness.ipynb)
 # (the badge opens `OWNER/hessjax`; for another copy see `notebooks/README.md`). On Colab, set
-# `HESSJAX_REPO_URL` to the repository's URL before the set-up cell: it installs hessjax from there.
+# `HESSJAX_REPO_URL` to the repository's URL before the install cell (the first code cell).
 #
 # Yao et al. (2018), Tables 1 and 7, Figs. 1-2: train the same network with the same optimiser at
 # several batch sizes, then measure the top eigenvalues of the weight Hessian of the training
@@ -30,52 +30,23 @@
 
 
 # %%
-# Set-up. Where hessjax is not importable (Colab), this cell installs it with one pip command from
-# the repository at $HESSJAX_REPO_URL. On Colab, first run a cell with
+# Installs hessjax where it is missing (Colab), from $HESSJAX_REPO_URL: first run a cell
 #     %env HESSJAX_REPO_URL=https://github.com/<owner>/hessjax
-# (the repository this notebook comes from, or your fork), then this one.
-import importlib.util
+# (the repository this notebook comes from, or your fork). Where hessjax is importable: nothing.
 import os
-import subprocess
+import sys
+from importlib.util import find_spec
+from subprocess import check_call
 
-REPO_URL = os.environ.get("HESSJAX_REPO_URL") or "https://github.com/<owner>/hessjax"
-
-
-def install_command(repo_url: str, have_hessjax: bool) -> list[str] | None:
-    """The pip command that installs hessjax from ``repo_url``; None when hessjax is importable.
-    RuntimeError naming HESSJAX_REPO_URL while ``repo_url`` is still the placeholder."""
-    import sys
-
-    if have_hessjax:
-        return None
-    if not repo_url or "<owner>" in repo_url:
-        raise RuntimeError(
-            "hessjax is not installed and HESSJAX_REPO_URL is not set: run a cell with "
-            "`%env HESSJAX_REPO_URL=https://github.com/<owner>/hessjax` (the URL of the hessjax "
-            "repository or your fork) before this one, then run this cell again"
-        )
-    url = repo_url.removeprefix("git+")
-    return [sys.executable, "-m", "pip", "install", "-q", f"hessjax[notebooks] @ git+{url}"]
-
-
-command = install_command(REPO_URL, importlib.util.find_spec("hessjax") is not None)
-if command is not None:
-    print(*command)
-    subprocess.run(command, check=True)
-
-import jax
-
-print(jax.devices())
-
-# %%
-# Scale: $HESSJAX_SCALE (smoke | cpu | paper); default paper on an accelerator, cpu otherwise.
-SCALE = os.environ.get("HESSJAX_SCALE") or ("cpu" if jax.default_backend() == "cpu" else "paper")
-assert SCALE in ("smoke", "cpu", "paper"), f"HESSJAX_SCALE must be smoke, cpu or paper: {SCALE}"
-print("scale:", SCALE)
+URL = (os.environ.get("HESSJAX_REPO_URL") or "<unset>").removeprefix("git+")
+if find_spec("hessjax") is None:
+    assert "<" not in URL, "hessjax is not installed: run %env HESSJAX_REPO_URL=<repository URL>"
+    check_call([sys.executable, "-m", "pip", "install", "-q", f"hessjax[notebooks] @ git+{URL}"])
 
 # %%
 import time
 
+import jax
 import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import Markdown, display
@@ -84,10 +55,16 @@ from matplotlib import ticker
 import hessjax
 from hessjax import attacks, evaluation, landscape
 
-# Training and test images; batch sizes; every model is trained with the same learning rate until
-# its training loss is <= target (the paper: 0.001) or max_epochs are spent; samples of the
-# training set for the weight Hessian and the landscape, top-k eigenvalues and their HVP budget;
-# test images for the input Hessian and FGSM; points along the top eigenvector.
+LR, MOMENTUM, SEED = 0.02, 0.9, 0
+FGSM_EPS = [0.0, 0.05, 0.1, 0.2, 0.3]  # normalised units; the full study: ε₁ = 0.2, ε₂ = 0.1
+CLIP = hessjax.data.input_range("mnist")  # adversarial images stay valid images
+# Scale: $HESSJAX_SCALE = smoke | cpu | paper (default: paper on an accelerator, cpu otherwise).
+SCALE = os.environ.get("HESSJAX_SCALE") or ("cpu" if jax.default_backend() == "cpu" else "paper")
+print(f"{SCALE} scale on {jax.devices()}")
+# Per scale: training and test images; batch sizes; every model is trained with the same learning
+# rate until its training loss is <= target (the paper: 0.001) or max_epochs are spent; samples of
+# the training set for the weight Hessian and the landscape, top-k eigenvalues and their HVP
+# budget; test images for the input Hessian and FGSM; points along the top eigenvector.
 S = {
     "smoke": dict(
         train=256, test=256, batches=[16, 128], target=0.1, max_epochs=60, hessian=256, k=3,
@@ -102,10 +79,6 @@ S = {
         hessian=10_000, k=20, max_hvps=200, attack=10_000, points=41,
     ),
 }[SCALE]  # fmt: skip
-LR, MOMENTUM, SEED = 0.02, 0.9, 0
-FGSM_EPS = [0.0, 0.05, 0.1, 0.2, 0.3]  # normalised units; the full study: ε₁ = 0.2, ε₂ = 0.1
-TS = np.linspace(-0.5, 0.5, S["points"])  # θ + t·v₁, ‖v₁‖ = 1
-CLIP = hessjax.data.input_range("mnist")  # adversarial images stay valid images
 
 # %% [markdown]
 # ## Training
@@ -119,8 +92,8 @@ CLIP = hessjax.data.input_range("mnist")  # adversarial images stay valid images
 x_train, y_train = hessjax.data.load("mnist", "train", limit=S["train"])
 x_test, y_test = hessjax.data.load("mnist", "test", limit=S["test"])
 model = hessjax.models.get("m1")
-apply_fn = model.apply
 init = hessjax.models.init(model, jax.random.key(SEED))
+apply_fn = model.apply
 
 trained = {}  # batch size -> variables
 for batch in S["batches"]:
@@ -156,14 +129,15 @@ for batch in S["batches"]:
 # %%
 x_h, y_h = x_train[: S["hessian"]], y_train[: S["hessian"]]
 x_a, y_a = x_test[: S["attack"]], y_test[: S["attack"]]
+TS = np.linspace(-0.5, 0.5, S["points"])  # θ + t·v₁, ‖v₁‖ = 1
 results = {}
 for batch, variables in trained.items():
     tic = time.perf_counter()
-    params = variables["params"]
+    # weight Hessian of the mean training loss on (x_h, y_h), 1000 samples per HVP at the most
     loss_fn = hessjax.make_loss_fn(apply_fn, variables)
-    op = hessjax.hessian_operator(loss_fn, params, (x_h, y_h), batch_size=min(len(y_h), 1000))
+    op = hessjax.hessian_operator(loss_fn, variables["params"], (x_h, y_h), batch_size=1000)
     eig = hessjax.eigenvalues(
-        op, params, k=S["k"], tol=1e-3, max_matvecs=S["max_hvps"], key=jax.random.key(SEED)
+        op, op.params, k=S["k"], tol=1e-3, max_matvecs=S["max_hvps"], key=jax.random.key(SEED)
     )
     results[batch] = dict(
         train=evaluation.evaluate(apply_fn, variables, x_train, y_train, 1000),
@@ -216,7 +190,7 @@ display(Markdown("\n".join(rows)))
 # Right: test accuracy under FGSM as ε grows.
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), layout="constrained")
 colors = {b: plt.cm.viridis(i / max(len(results) - 1, 1) * 0.85) for i, b in enumerate(results)}
 for batch, r in results.items():
     kw = dict(color=colors[batch], label=f"batch {batch}")
@@ -253,7 +227,6 @@ for ax in axes:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
 fig.suptitle(f"M1 on MNIST ({SCALE} scale): larger batches, sharper and less robust")
-fig.tight_layout()
 plt.show()
 
 lam = np.array([r["eigenvalues"][0] for r in results.values()])

@@ -16,7 +16,7 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/hessjax/blob/main/notebooks/03_input_hessian_and_attacks.ipynb)
 # (the badge opens `OWNER/hessjax`; for another copy see `notebooks/README.md`). On Colab, set
-# `HESSJAX_REPO_URL` to the repository's URL before the set-up cell: it installs hessjax from there.
+# `HESSJAX_REPO_URL` to the repository's URL before the install cell (the first code cell).
 #
 # For one sample, `J(x) = CE(z(x), y)` with logits `z`. Yao et al. (2018) show (Theorem 1,
 # Proposition 2) that for ReLU networks the Hessian with respect to the *input*,
@@ -29,74 +29,46 @@
 #    adversarial images and perturbations, and the accuracy under each.
 
 # %%
-# Set-up. Where hessjax is not importable (Colab), this cell installs it with one pip command from
-# the repository at $HESSJAX_REPO_URL. On Colab, first run a cell with
+# Installs hessjax where it is missing (Colab), from $HESSJAX_REPO_URL: first run a cell
 #     %env HESSJAX_REPO_URL=https://github.com/<owner>/hessjax
-# (the repository this notebook comes from, or your fork), then this one.
-import importlib.util
+# (the repository this notebook comes from, or your fork). Where hessjax is importable: nothing.
 import os
-import subprocess
+import sys
+from importlib.util import find_spec
+from subprocess import check_call
 
-REPO_URL = os.environ.get("HESSJAX_REPO_URL") or "https://github.com/<owner>/hessjax"
+URL = (os.environ.get("HESSJAX_REPO_URL") or "<unset>").removeprefix("git+")
+if find_spec("hessjax") is None:
+    assert "<" not in URL, "hessjax is not installed: run %env HESSJAX_REPO_URL=<repository URL>"
+    check_call([sys.executable, "-m", "pip", "install", "-q", f"hessjax[notebooks] @ git+{URL}"])
 
-
-def install_command(repo_url: str, have_hessjax: bool) -> list[str] | None:
-    """The pip command that installs hessjax from ``repo_url``; None when hessjax is importable.
-    RuntimeError naming HESSJAX_REPO_URL while ``repo_url`` is still the placeholder."""
-    import sys
-
-    if have_hessjax:
-        return None
-    if not repo_url or "<owner>" in repo_url:
-        raise RuntimeError(
-            "hessjax is not installed and HESSJAX_REPO_URL is not set: run a cell with "
-            "`%env HESSJAX_REPO_URL=https://github.com/<owner>/hessjax` (the URL of the hessjax "
-            "repository or your fork) before this one, then run this cell again"
-        )
-    url = repo_url.removeprefix("git+")
-    return [sys.executable, "-m", "pip", "install", "-q", f"hessjax[notebooks] @ git+{url}"]
-
-
-command = install_command(REPO_URL, importlib.util.find_spec("hessjax") is not None)
-if command is not None:
-    print(*command)
-    subprocess.run(command, check=True)
-
+# %%
 import jax
-
-print(jax.devices())
-
-# %%
-# Scale: $HESSJAX_SCALE (smoke | cpu | paper); default paper on an accelerator, cpu otherwise.
-import os
-
-SCALE = os.environ.get("HESSJAX_SCALE") or ("cpu" if jax.default_backend() == "cpu" else "paper")
-assert SCALE in ("smoke", "cpu", "paper"), f"HESSJAX_SCALE must be smoke, cpu or paper: {SCALE}"
-print("scale:", SCALE)
-
-# %%
 import matplotlib.pyplot as plt
 import numpy as np
 
 import hessjax
 from hessjax import attacks, evaluation
 
-# train images / epochs; test images for the per-sample quantities and for the attacks; samples
-# for the dense input Hessian and for power iteration.
+# ε in the units the model sees (normalised MNIST), as experiments/configs/m1_robust.py: L∞
+# attacks 0.2 (PAPER.md's MNIST ε₁), L2 attacks 4.0 (the FGSM perturbation at 0.2 has L2 norm 5.6).
+EPS_LINF, EPS_L2 = 0.2, 4.0
+CLIP = hessjax.data.input_range("mnist")  # adversarial images stay valid images
+# Scale: $HESSJAX_SCALE = smoke | cpu | paper (default: paper on an accelerator, cpu otherwise).
+SCALE = os.environ.get("HESSJAX_SCALE") or ("cpu" if jax.default_backend() == "cpu" else "paper")
+print(f"{SCALE} scale on {jax.devices()}")
+# Per scale: train images / epochs; test images for the per-sample quantities and for the attacks;
+# samples for the dense input Hessian and for power iteration.
 S = {
     "smoke": dict(train=2048, epochs=1, test=64, attack=64, dense=2, power=4),
     "cpu": dict(train=10_000, epochs=2, test=1000, attack=500, dense=4, power=16),
     "paper": dict(train=60_000, epochs=5, test=10_000, attack=10_000, dense=8, power=64),
 }[SCALE]
-# ε in the units the model sees (normalised MNIST), as experiments/configs/m1_robust.py: L∞
-# attacks 0.2 (PAPER.md's MNIST ε₁), L2 attacks 4.0 (the FGSM perturbation at 0.2 has L2 norm 5.6).
-# Every attack is run once for a grid of ε that contains these values.
-EPS_LINF, EPS_L2 = 0.2, 4.0
+# Every attack is run once for a grid of ε that contains EPS_LINF and EPS_L2.
 if SCALE == "smoke":
     EPS_GRID = {"linf": [0.1, 0.2], "l2": [2.0, 4.0]}
 else:
     EPS_GRID = {"linf": [0.05, 0.1, 0.2, 0.3, 0.4], "l2": [1.0, 2.0, 4.0, 6.0, 8.0]}
-CLIP = hessjax.data.input_range("mnist")  # adversarial images stay valid images
 
 # %% [markdown]
 # ## A briefly trained M1

@@ -16,7 +16,7 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/hessjax/blob/main/notebooks/04_robust_training.ipynb)
 # (the badge opens `OWNER/hessjax`; for another copy see `notebooks/README.md`). On Colab, set
-# `HESSJAX_REPO_URL` to the repository's URL before the set-up cell: it installs hessjax from there.
+# `HESSJAX_REPO_URL` to the repository's URL before the install cell (the first code cell).
 #
 # Yao et al. (2018), Tables 3 and 4, Figs. 5 and 6: train an original model, continue it with
 # adversarial training, then compare the two: clean and adversarial test accuracy, the top
@@ -31,65 +31,43 @@
 
 
 # %%
-# Set-up. Where hessjax is not importable (Colab), this cell installs it with one pip command from
-# the repository at $HESSJAX_REPO_URL. On Colab, first run a cell with
+# Installs hessjax where it is missing (Colab), from $HESSJAX_REPO_URL: first run a cell
 #     %env HESSJAX_REPO_URL=https://github.com/<owner>/hessjax
-# (the repository this notebook comes from, or your fork), then this one.
-import importlib.util
+# (the repository this notebook comes from, or your fork). Where hessjax is importable: nothing.
 import os
-import subprocess
+import sys
+from importlib.util import find_spec
+from subprocess import check_call
 
-REPO_URL = os.environ.get("HESSJAX_REPO_URL") or "https://github.com/<owner>/hessjax"
-
-
-def install_command(repo_url: str, have_hessjax: bool) -> list[str] | None:
-    """The pip command that installs hessjax from ``repo_url``; None when hessjax is importable.
-    RuntimeError naming HESSJAX_REPO_URL while ``repo_url`` is still the placeholder."""
-    import sys
-
-    if have_hessjax:
-        return None
-    if not repo_url or "<owner>" in repo_url:
-        raise RuntimeError(
-            "hessjax is not installed and HESSJAX_REPO_URL is not set: run a cell with "
-            "`%env HESSJAX_REPO_URL=https://github.com/<owner>/hessjax` (the URL of the hessjax "
-            "repository or your fork) before this one, then run this cell again"
-        )
-    url = repo_url.removeprefix("git+")
-    return [sys.executable, "-m", "pip", "install", "-q", f"hessjax[notebooks] @ git+{url}"]
-
-
-command = install_command(REPO_URL, importlib.util.find_spec("hessjax") is not None)
-if command is not None:
-    print(*command)
-    subprocess.run(command, check=True)
-
-import jax
-
-print(jax.devices())
-
-# %%
-# Scale: $HESSJAX_SCALE (smoke | cpu | paper); default paper on an accelerator, cpu otherwise.
-SCALE = os.environ.get("HESSJAX_SCALE") or ("cpu" if jax.default_backend() == "cpu" else "paper")
-assert SCALE in ("smoke", "cpu", "paper"), f"HESSJAX_SCALE must be smoke, cpu or paper: {SCALE}"
-print("scale:", SCALE)
+URL = (os.environ.get("HESSJAX_REPO_URL") or "<unset>").removeprefix("git+")
+if find_spec("hessjax") is None:
+    assert "<" not in URL, "hessjax is not installed: run %env HESSJAX_REPO_URL=<repository URL>"
+    check_call([sys.executable, "-m", "pip", "install", "-q", f"hessjax[notebooks] @ git+{URL}"])
 
 # %%
 import time
 
+import jax
 import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import Markdown, display
-from matplotlib import ticker
 
 import hessjax
 from hessjax import attacks, evaluation, landscape
 from hessjax.adversarial import Adversary
 
-# Training and test images; epochs of the original model and of robust training (continued from
-# the original); training samples for the weight Hessian and the interpolation losses, top-k
-# eigenvalues and their HVP budget; test images attacked; CG iterations of the HESS attack;
-# points on the line original -> robust.
+BATCH, LR, MOMENTUM, SEED = 32, 0.02, 0.9, 0
+# ε in the units the model sees (normalised MNIST), as experiments/configs/m1_robust.py: L∞
+# (FGSM, for training and evaluation) 0.2, L2 (HESS, evaluation only) 4.0.
+EPS = {"fgsm": 0.2, "l2_hess": 4.0}
+CLIP = hessjax.data.input_range("mnist")  # adversarial images stay valid images
+# Scale: $HESSJAX_SCALE = smoke | cpu | paper (default: paper on an accelerator, cpu otherwise).
+SCALE = os.environ.get("HESSJAX_SCALE") or ("cpu" if jax.default_backend() == "cpu" else "paper")
+print(f"{SCALE} scale on {jax.devices()}")
+# Per scale: training and test images; epochs of the original model and of robust training
+# (continued from the original); training samples for the weight Hessian and the interpolation
+# losses, top-k eigenvalues and their HVP budget; test images attacked; CG iterations of the HESS
+# attack; points on the line original -> robust.
 S = {
     "smoke": dict(
         train=512, test=256, epochs=3, robust_epochs=1, hessian=256, k=3, max_hvps=12,
@@ -104,13 +82,6 @@ S = {
         attack=10_000, cg_iters=20, points=41,
     ),
 }[SCALE]  # fmt: skip
-BATCH, LR, MOMENTUM, SEED = 32, 0.02, 0.9, 0
-# ε in the units the model sees (normalised MNIST), as experiments/configs/m1_robust.py: L∞
-# (FGSM, for training and evaluation) 0.2, L2 (HESS, evaluation only) 4.0.
-EPS = {"fgsm": 0.2, "l2_hess": 4.0}
-ATTACK_NAMES = {"fgsm": "FGSM", "l2_hess": "HESS"}
-ALPHAS = np.linspace(-0.5, 1.5, S["points"])  # (1 − α)·θ_original + α·θ_robust
-CLIP = hessjax.data.input_range("mnist")  # adversarial images stay valid images
 
 # %% [markdown]
 # ## Training
@@ -165,18 +136,18 @@ x_a, y_a = x_test[: S["attack"]], y_test[: S["attack"]]
 results = {}
 for name, variables in models.items():
     tic = time.perf_counter()
-    params = variables["params"]
-    loss_fn = hessjax.make_loss_fn(apply_fn, variables)
-    op = hessjax.hessian_operator(loss_fn, params, (x_h, y_h), batch_size=min(len(y_h), 1000))
-    eig = hessjax.eigenvalues(
-        op, params, k=S["k"], tol=1e-3, max_matvecs=S["max_hvps"], key=jax.random.key(SEED)
-    )
     accuracy = {"clean": evaluation.evaluate(apply_fn, variables, x_test, y_test, 1000)[1]}
     for attack, eps in EPS.items():
         options = {"cg_iters": S["cg_iters"]} if attack == "l2_hess" else {}
         accuracy[attack] = attacks.adversarial_accuracy(
             apply_fn, variables, x_a, y_a, attack, eps, clip=CLIP, batch_size=500, **options
         )
+    # weight Hessian of the mean training loss on (x_h, y_h), 1000 samples per HVP at the most
+    loss_fn = hessjax.make_loss_fn(apply_fn, variables)
+    op = hessjax.hessian_operator(loss_fn, variables["params"], (x_h, y_h), batch_size=1000)
+    eig = hessjax.eigenvalues(
+        op, op.params, k=S["k"], tol=1e-3, max_matvecs=S["max_hvps"], key=jax.random.key(SEED)
+    )
     results[name] = dict(eigenvalues=np.asarray(eig.values), accuracy=accuracy)
     print(
         f"{name:>12}: λ_max^θ = {eig.values[0]:.4g} ({int(eig.num_matvecs)} HVPs, converged "
@@ -212,6 +183,7 @@ display(Markdown("\n".join(rows)))
 # far from converged, so those epochs also raise its clean accuracy.
 
 # %%
+ALPHAS = np.linspace(-0.5, 1.5, S["points"])  # (1 − α)·θ_original + α·θ_robust
 curves = {
     split: landscape.interpolation(
         apply_fn, models["original"], models["FGSM-robust"], x, y, ALPHAS, batch_size=1000
@@ -224,25 +196,17 @@ curves = {
 # between the models. Right: test accuracy of each model on clean and attacked images.
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), layout="constrained")
 colors = {"original": "C0", "FGSM-robust": "C3"}
 for name, r in results.items():
-    ev = r["eigenvalues"]
-    axes[0].plot(np.arange(1, len(ev) + 1), ev, "o-", color=colors[name], label=name)
-all_ev = np.concatenate([r["eigenvalues"] for r in results.values()])
-if all_ev.min() > 0 and all_ev.max() / all_ev.min() > 10:  # log scale, ticks as plain numbers
-    axes[0].set_yscale("log")
-    axes[0].yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-    axes[0].yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    axes[0].yaxis.set_minor_formatter(ticker.NullFormatter())
-else:
-    axes[0].set_ylim(bottom=min(0.0, 1.1 * all_ev.min()))
+    axes[0].plot(np.arange(1, S["k"] + 1), r["eigenvalues"], "o-", color=colors[name], label=name)
 axes[0].set(
     xlabel="eigenvalue index",
+    xticks=np.arange(1, S["k"] + 1),
     ylabel=r"$\lambda_i$ of $\nabla^2_\theta L$ (training loss)",
     title="Top Hessian eigenvalues",
 )
-axes[0].set_xticks(np.arange(1, S["k"] + 1))
+axes[0].set_ylim(bottom=min(0.0, axes[0].get_ylim()[0]))  # a linear axis from 0
 
 for split, style in (("train", "-"), ("test", "--")):
     axes[1].plot(ALPHAS, curves[split]["loss"], style, color="k", label=f"{split} loss")
@@ -263,14 +227,13 @@ for i, (name, r) in enumerate(results.items()):
     axes[2].bar_label(bars, fmt="%.0f", fontsize=8)
 axes[2].set_xticks(
     np.arange(len(columns)),
-    ["clean"] + [f"{ATTACK_NAMES[a]} ε = {EPS[a]}" for a in EPS],
+    ["clean"] + [f"{attacks.spec(a).display} ε = {e}" for a, e in EPS.items()],
 )
 axes[2].set(ylabel="test accuracy (%)", ylim=(0, 105), title=f"Accuracy on {len(y_a)} test images")
 for ax in axes:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
 fig.suptitle(f"M1 on MNIST ({SCALE} scale): FGSM training, flatter and more robust")
-fig.tight_layout()
 plt.show()
 
 orig, rob = results["original"], results["FGSM-robust"]

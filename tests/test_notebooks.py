@@ -1,8 +1,10 @@
 """The notebooks in notebooks/: each jupytext source (``NN_name.py``, percent format) matches its
-committed ``NN_name.ipynb`` (outputs stripped); every notebook has the same Colab set-up cell, whose
-install decision (``install_command``, extracted from the source with ``ast``) is tested here
-without network; no notebook imports ``experiments`` or clones the repository; and each notebook
-runs top to bottom with nbclient at ``HESSJAX_SCALE=smoke``, failing on any cell error.
+committed ``NN_name.ipynb`` (outputs stripped); every notebook starts with the same short Colab
+install cell, executed here without network (``find_spec``, the environment and ``subprocess``
+faked): nothing where hessjax is importable, an error naming ``HESSJAX_REPO_URL`` while it is unset
+or the placeholder, else exactly one pip command; no notebook imports ``experiments`` or clones
+the repository; and each notebook runs top to bottom with nbclient at ``HESSJAX_SCALE=smoke``,
+failing on any cell error.
 
 The kernel is this interpreter (``sys.executable``), whatever kernelspecs the machine has
 installed: a kernelspec named ``python3`` pointing at ``sys.executable`` is written to a temporary
@@ -19,7 +21,6 @@ import pathlib
 import re
 import sys
 import time
-import types
 
 import pytest
 from conftest import REPO, shared_data_dir
@@ -37,71 +38,91 @@ def test_every_notebook_has_a_source_and_a_notebook():
 
 
 REPO_URL_ENV = "HESSJAX_REPO_URL"
+URL = "https://github.com/someone/hessjax"
+PIP = [sys.executable, "-m", "pip", "install", "-q", f"hessjax[notebooks] @ git+{URL}"]
 
 
 def _source(name: str) -> str:
     return (NOTEBOOK_DIR / f"{name}.py").read_text(encoding="utf-8")
 
 
+def _code_cells(name: str) -> list[str]:
+    """The code cells of a notebook's jupytext source (percent format), in order."""
+    cells = re.split(r"^(# %%.*)\n", _source(name), flags=re.MULTILINE)[1:]
+    return [body for head, body in zip(cells[::2], cells[1::2]) if "[markdown]" not in head]
+
+
 def _setup_cell(name: str) -> str:
-    """The code cell (percent format) that defines ``install_command``."""
-    cells = re.split(r"^# %%.*\n", _source(name), flags=re.MULTILINE)
-    (cell,) = [c for c in cells if "def install_command(" in c]
-    return cell
+    """The install cell: a notebook's first code cell."""
+    return _code_cells(name)[0]
 
 
-def _setup_namespace(name: str, env: dict[str, str]) -> dict:
-    """``install_command`` and ``REPO_URL`` of a notebook's set-up cell, taken from its source with
-    ``ast`` and executed with ``os.environ`` = ``env`` (nothing else of the cell runs: no import
-    check, no pip)."""
-    source = _source(name)
-    tree = ast.parse(source)
-    wanted = [
-        node
-        for node in tree.body
-        if (isinstance(node, ast.FunctionDef) and node.name == "install_command")
-        or (
-            isinstance(node, ast.Assign)
-            and any(isinstance(t, ast.Name) and t.id == "REPO_URL" for t in node.targets)
-        )
-    ]
-    assert len(wanted) == 2, f"{name}: needs one REPO_URL = ... and one def install_command"
-    namespace = {"os": types.SimpleNamespace(environ=env)}
-    for node in wanted:
-        exec(compile(ast.get_source_segment(source, node), f"{name}.py", "exec"), namespace)
-    return namespace
-
-
-def test_every_notebook_has_the_same_setup_cell():
+def test_every_notebook_has_the_same_short_install_cell():
     cells = {name: _setup_cell(name) for name in NOTEBOOKS}
     first = cells[NOTEBOOKS[0]]
     for name, cell in cells.items():
-        assert cell == first, f"{name}'s set-up cell differs from {NOTEBOOKS[0]}'s: copy it"
-    assert first.rstrip().endswith("print(jax.devices())")
-    assert f'os.environ.get("{REPO_URL_ENV}")' in first
-    assert first.count('"pip", "install"') == 1  # one pip install
+        assert cell == first, f"{name}'s install cell differs from {NOTEBOOKS[0]}'s: copy it"
+    code = [
+        line
+        for line in first.splitlines()
+        if line.strip() and not line.lstrip().startswith(("#", "import ", "from "))
+    ]
+    assert len(code) <= 4, f"keep the install cell short (4 lines besides imports): {code}"
+    assert f'"{REPO_URL_ENV}"' in first
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
-def test_install_command_offline(name):
-    url = "https://github.com/someone/hessjax"
-    expected = [sys.executable, "-m", "pip", "install", "-q", f"hessjax[notebooks] @ git+{url}"]
+@pytest.fixture
+def run_install_cell(monkeypatch):
+    """``run(installed, url)``: executes the install cell with ``$HESSJAX_REPO_URL`` = ``url``
+    (None: unset) and, unless ``installed``, hessjax neither found by ``importlib.util.find_spec``
+    nor importable; every way of starting a process is recorded in ``run.calls`` instead of run.
+    Returns ``run.calls``."""
+    import importlib.util
+    import subprocess
 
-    unset = _setup_namespace(name, {})
-    install_command, placeholder = unset["install_command"], unset["REPO_URL"]
-    # installed: nothing to do, whatever the URL
-    assert install_command(placeholder, True) is None
-    assert install_command(url, True) is None
-    # not installed, HESSJAX_REPO_URL unset (placeholder) or empty: an error naming the variable
-    for bad in (placeholder, ""):
-        with pytest.raises(RuntimeError, match=REPO_URL_ENV):
-            install_command(bad, False)
-    assert _setup_namespace(name, {REPO_URL_ENV: ""})["REPO_URL"] == placeholder
-    # not installed, URL set: exactly one pip command
-    repo_url = _setup_namespace(name, {REPO_URL_ENV: url})["REPO_URL"]
-    assert repo_url == url
-    assert install_command(repo_url, False) == expected
-    assert install_command(f"git+{url}", False) == expected
+    real_find_spec = importlib.util.find_spec
+    calls = []
+
+    def run(installed: bool, url: str | None) -> list:
+        def find_spec(name, *args):
+            if name == "hessjax" and not installed:
+                return None
+            return real_find_spec(name, *args)
+
+        record = lambda *args, **kwargs: calls.append(args[0] if args else kwargs) or 0
+        monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+        if not installed:
+            monkeypatch.setitem(sys.modules, "hessjax", None)  # `import hessjax` fails
+        for fn in ("run", "call", "check_call", "check_output", "Popen"):
+            monkeypatch.setattr(subprocess, fn, record)
+        monkeypatch.setattr(os, "system", record)
+        if url is None:
+            monkeypatch.delenv(REPO_URL_ENV, raising=False)
+        else:
+            monkeypatch.setenv(REPO_URL_ENV, url)
+        cell = _setup_cell(NOTEBOOKS[0])
+        exec(compile(cell, f"{NOTEBOOKS[0]}.py (install cell)", "exec"), {})
+        return calls
+
+    run.calls = calls
+    return run
+
+
+@pytest.mark.parametrize("url", [None, URL])
+def test_install_cell_does_nothing_where_hessjax_is_importable(run_install_cell, url):
+    assert run_install_cell(installed=True, url=url) == []
+
+
+@pytest.mark.parametrize("url", [None, "", "https://github.com/<owner>/hessjax"])
+def test_install_cell_without_a_repo_url_stops_naming_the_variable(run_install_cell, url):
+    with pytest.raises(Exception, match=REPO_URL_ENV):
+        run_install_cell(installed=False, url=url)
+    assert run_install_cell.calls == []
+
+
+@pytest.mark.parametrize("url", [URL, f"git+{URL}"])
+def test_install_cell_runs_one_pip_install(run_install_cell, url):
+    assert run_install_cell(installed=False, url=url) == [PIP]
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
