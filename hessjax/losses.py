@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-ApplyFn = Callable[..., jax.Array]
+from hessjax._internal import ApplyFn
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
