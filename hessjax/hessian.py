@@ -113,7 +113,7 @@ def hessian_operator(
             f"choose a multiple of {mesh.size}"
         )
     loss_fn = as_partial(loss_fn)
-    _check_scalar_loss(loss_fn, params, jax.tree_util.tree_map(lambda a: a[:1], data))
+    _check_scalar_loss(loss_fn, params, jax.tree_util.tree_map(lambda a: a[:batch_size], data))
     full, tail = batching.split_batches(data, batch_size)
     if mesh is None:
         full, tail = jax.device_put((full, tail))
@@ -147,8 +147,8 @@ def _check_scalar_loss(loss_fn: Callable, params: Any, batch: Any) -> None:
     shape = getattr(out, "shape", None)
     if shape != ():
         raise ValueError(
-            f"loss_fn must return a scalar mean loss over the batch; got shape {shape} (for one "
-            "sample). Reduce per-sample losses with .mean(), e.g. hessjax.make_loss_fn"
+            f"loss_fn must return a scalar mean loss over the batch; got shape {shape} for a batch "
+            "of the data. Reduce per-sample losses with .mean(), e.g. hessjax.make_loss_fn"
         )
 
 

@@ -168,6 +168,15 @@ def test_bad_inputs_are_reported():
         hessjax.hessian_operator(loss_fn, params, (x, y), batch_size=0)
     with pytest.raises(ValueError, match="num_samples"):
         hessjax.subsample((x, y), 7, key=jax.random.key(0))
+    # numpy integers are batch sizes too; the same operator as with a Python int
+    v = jax.tree_util.tree_map(jnp.ones_like, params)
+    by_numpy = hessjax.hessian_operator(loss_fn, params, (x, y), batch_size=np.int64(4))(v)
+    by_int = hessjax.hessian_operator(loss_fn, params, (x, y), batch_size=4)(v)
+    chex.assert_trees_all_close(by_numpy, by_int, rtol=0, atol=0)
+    # a per-sample (vector) loss is refused when the operator is built, naming the fix
+    per_sample = lambda p, b: jnp.ones(b[0].shape[0]) * loss_fn(p, b)
+    with pytest.raises(ValueError, match=r"loss_fn must return a scalar mean loss.*\(2,\)"):
+        hessjax.hessian_operator(per_sample, params, (x, y), batch_size=2)
 
 
 MESH_SCRIPT = textwrap.dedent(
