@@ -53,6 +53,7 @@ def test_spearman():
     assert batch_sweep.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
 
 
+@pytest.mark.slow
 def test_smoke_sweep_end_to_end_and_resume(data_dir, tmp_path, monkeypatch, forbid_redo):
     config = _smoke(data_dir)
     workdir = tmp_path / "run"
@@ -131,6 +132,7 @@ def test_history_keeps_the_last_record_of_each_epoch(tmp_path):
     assert batch_sweep.read_history(tmp_path / "missing.jsonl") == []
 
 
+@pytest.mark.slow
 def test_fig4_tracking_measures_the_trained_model(data_dir, tmp_path):
     """The per-epoch λ_max / gradient norm recorded during training (Fig. 4) are those of the
     final weights on the first track.num_samples training samples."""
@@ -174,6 +176,7 @@ def test_fig4_tracking_measures_the_trained_model(data_dir, tmp_path):
 def test_cifar_smoke_sweeps_end_to_end(module, data_dir, tmp_path):
     config = module.get_config("smoke")
     config.data_dir = str(data_dir)
+    config.batch_sizes = config.batch_sizes[:1]  # the M1 smoke sweep covers several batches
     results = runner.run(STUDY, config, tmp_path / "run")
     assert len(results["runs"]) == len(config.batch_sizes)
     table = (tmp_path / "run" / "table.md").read_text()

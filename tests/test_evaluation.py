@@ -174,6 +174,7 @@ print("MESH_OK")
 """
 
 
+@pytest.mark.slow
 def test_per_sample_analyses_on_four_fake_devices_equal_one_device():
     from fake_devices import run_on_fake_devices
 

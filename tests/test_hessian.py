@@ -217,6 +217,7 @@ MESH_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_sharded_operator_on_four_fake_devices_equals_single_device():
     out = run_on_fake_devices(MESH_SCRIPT, 4)
     # the script's checks passed (MESH_OK) on 4 devices, not silently on one

@@ -58,6 +58,7 @@ def test_bad_configs_fail_with_one_message_before_any_work(tmp_path):
     assert not workdir.exists()
 
 
+@pytest.mark.slow
 def test_m1_robust_smoke_end_to_end_and_resume(data_dir, tmp_path, forbid_redo):
     config = m1_robust.get_config("smoke")
     config.data_dir = str(data_dir)
@@ -116,6 +117,7 @@ def test_c3_robust_smoke_end_to_end(data_dir, tmp_path):
     assert "| FGSM |" in (tmp_path / "c3" / "table.md").read_text()
 
 
+@pytest.mark.slow
 def test_table8_smoke_end_to_end_and_resume(data_dir, tmp_path, forbid_redo):
     config = table8.get_config("smoke")
     config.data_dir = str(data_dir)

@@ -26,6 +26,7 @@ def _run_script(script: str, *args: str, cwd, env=None) -> subprocess.CompletedP
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
+@pytest.mark.slow
 def test_entry_points_fail_with_one_message_before_any_work(script, tmp_path):
     """Missing data; an unknown model, a batch not divisible by the micro-batch and a workdir
     holding another config's run: one message, exit status 2, no traceback, nothing written."""
@@ -127,6 +128,7 @@ print("MESH_OK")
 """
 
 
+@pytest.mark.slow
 def test_runner_uses_every_device_and_checks_divisibility():
     from fake_devices import run_on_fake_devices
 

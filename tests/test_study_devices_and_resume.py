@@ -19,7 +19,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # command line, so a small config file wraps the smoke config).
 STUDIES = {
     "batch_sweep": ("m1", ""),
-    "adversarial_training": ("m1_robust", "c.robust.attacks = ['fgsm', 'l2_hess']"),
+    "adversarial_training": ("m1_robust", "c.robust.attacks = ['fgsm']"),
     "large_batch_robust": (
         "table8",
         "c.batch_sizes = [64]; c.methods = ['baseline', 'robust']; c.memory_batch_sizes = []",

@@ -131,6 +131,7 @@ MESH_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_step_on_eight_fake_devices_equals_single_device():
     out = run_on_fake_devices(MESH_SCRIPT, 8)
     # the script's checks passed (MESH_OK) on 8 devices, not silently on one
