@@ -123,6 +123,7 @@ def _fgsm_loss(model, params, x, y, eps):
     return float(hessjax.cross_entropy(model.apply(v, x_adv), y))
 
 
+@pytest.mark.slow
 def test_robust_steps_lower_the_adversarial_loss():
     x, y = hessjax.data.synthetic(64, (4, 4, 1), num_classes=3, seed=1, noise=0.6)
     x = x.astype(np.float64)
@@ -174,6 +175,7 @@ def test_fit_budget_knobs():
         train.fit(step, result.state, x, y, batch_size=8, num_epochs=1, max_steps_per_epoch=0)
 
 
+@pytest.mark.slow
 def test_robust_fit_interrupt_and_resume_equals_straight_run(tmp_path):
     attack, options = "l2_hess", {"cg_iters": 3}  # CG in a lax.while_loop inside the step
     model = SmallCNN()

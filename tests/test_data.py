@@ -60,6 +60,7 @@ def test_mnist_real(data_dir):
     assert set(np.unique(yt)) == set(range(10))
 
 
+@pytest.mark.slow
 def test_cifar10_real(data_dir):
     x, y = data.load("cifar10", "train", data_dir)
     assert x.shape == (50000, 32, 32, 3) and x.dtype == np.float32 and y.shape == (50000,)
@@ -190,6 +191,7 @@ def test_corrupt_idx(tmp_path):
 # ----------------------------------------------------------------------------- tfds
 
 
+@pytest.mark.slow
 def test_tfds_mock(monkeypatch):
     tfds = pytest.importorskip("tensorflow_datasets")
     monkeypatch.delenv(data.ENV_VAR, raising=False)

@@ -88,6 +88,7 @@ def test_lanczos_handles_repeated_spectrum_and_breakdown(loop_mode):
     assert bool(res.converged)
 
 
+@pytest.mark.slow
 def test_lanczos_and_power_agree_on_trained_m1(data_dir):
     import optax
 
@@ -133,6 +134,7 @@ def test_trace_is_unbiased_within_its_standard_error(loop_mode):
     )
 
 
+@pytest.mark.slow
 def test_density_matches_the_eigenvalue_histogram(monkeypatch):
     monkeypatch.setenv("HESSJAX_HOST_LOOPS", "0")  # 300 runs: one XLA program (host: below)
     _, _, _, dense = _problem("mlp", 4)

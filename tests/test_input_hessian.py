@@ -67,6 +67,7 @@ def test_exact_and_power_eigenvalues_match_dense_hessian(kind, seed, loop_mode):
     c=st.sampled_from([2, 3, 6]),
     kind=st.sampled_from(["mlp", "cnn"]),
 )
+@pytest.mark.slow
 def test_theorem1_input_hessian_is_psd_with_rank_below_num_classes(seed, c, kind):
     apply_fn, variables, x, y = _net(kind, c, seed)
     x = x * (1 + seed % 3)  # vary the input scale too

@@ -85,6 +85,7 @@ def test_resnet_projection_shortcuts():
     assert len(convs) == 1 + 8 * 2 + 3
 
 
+@pytest.mark.slow
 def test_batchnorm_train_vs_inference():
     model = models.get("c2", **F64)
     variables = models.init(model, jax.random.key(1))
