@@ -35,7 +35,9 @@ def data_dir() -> pathlib.Path:
     return path
 
 
-@pytest.fixture(params=["host", "lax"])
+# The lax form (one compiled program: the GPU/TPU default) is in the full suite; the quick
+# tier (`-m "not slow"`) runs the CPU default, host loops.
+@pytest.fixture(params=["host", pytest.param("lax", marks=pytest.mark.slow)])
 def loop_mode(request, monkeypatch):
     """Run a solver test with its loops in Python (the CPU default) and in one XLA program."""
     monkeypatch.setenv("HESSJAX_HOST_LOOPS", "1" if request.param == "host" else "0")

@@ -175,6 +175,7 @@ def test_eigenvalue_arguments_are_checked():
         hessjax.density(lambda v: v, z, num_steps=9, num_runs=1, key=jax.random.key(0))
 
 
+@pytest.mark.slow
 def test_host_and_compiled_loops_give_the_same_quadrature(monkeypatch):
     _, _, _, dense = _problem("mlp", 5)
     mv, z = (lambda v: dense @ v), jnp.zeros(dense.shape[0])

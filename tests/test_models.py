@@ -117,6 +117,7 @@ def test_batchnorm_train_vs_inference():
     assert not np.allclose(out_train[:2], alone_train)
 
 
+@pytest.mark.slow
 def test_c3_and_m1_have_no_batch_stats():
     for name in ("c3", "m1"):
         variables = models.init(name, jax.random.key(0))
