@@ -90,10 +90,9 @@ class AdversarialTraining:
         if not rc.attacks:
             errors.append("robust.attacks is empty; use some of " + ", ".join(attacks.REGISTRY))
         errors += checks.attack_name_errors(list(rc.attacks), "robust.attacks")
-        for name, section in (("robust", rc), ("evaluation", ec)):
-            errors += checks.attack_errors(name, section, eps_fields=("eps_linf", "eps_l2"))
-        if not 0.0 <= rc.fraction <= 1.0:
-            errors.append(f"robust.fraction must be in [0, 1], got {rc.fraction}")
+        eps_fields = ("eps_linf", "eps_l2")
+        errors += checks.attack_errors("robust", rc, eps_fields=eps_fields, fraction=rc.fraction)
+        errors += checks.attack_errors("evaluation", ec, eps_fields=eps_fields)
         for name in ("ifgsm_steps", "cg_iters"):
             errors += checks.positive_int(f"robust.{name}", rc[name])
         errors += checks.positive_int("evaluation.cg_iters", ec.cg_iters)

@@ -9,6 +9,7 @@ from typing import Any
 from hessjax import attacks
 from hessjax import data as hdata
 from hessjax import models as hmodels
+from hessjax.adversarial import adversary_errors
 
 _PAIRS = "pair m1 with mnist, c1/c2/c3 with cifar10, cr with cifar100"
 
@@ -97,17 +98,16 @@ def batch_errors(config, batch_size: Any, what: str = "batch size") -> list[str]
     return errors
 
 
-def attack_errors(name: str, section, *, eps_fields: tuple[str, ...]) -> list[str]:
-    """Every ε field of ``section`` finite and >= 0."""
-    errors = []
-    for field in eps_fields:
-        v = section[field]
-        try:
-            ok = math.isfinite(float(v)) and float(v) >= 0
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            errors.append(f"{name}.{field} must be a finite number >= 0, got {v!r}")
+def attack_errors(name: str, section, *, eps_fields: tuple[str, ...], fraction=None) -> list[str]:
+    """Every ε field of ``section`` (and ``fraction`` when given) as the library's
+    :func:`hessjax.adversarial.adversary_errors` checks them, prefixed with the field."""
+    errors = [
+        f"{name}.{field}: {m}"
+        for field in eps_fields
+        for m in adversary_errors("fgsm", section[field], 1.0)
+    ]
+    if fraction is not None:
+        errors += [f"{name}.fraction: {m}" for m in adversary_errors("fgsm", 0.0, fraction)]
     return errors
 
 

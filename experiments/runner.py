@@ -109,10 +109,10 @@ class Progress:
     so far: per run (mean of the finished runs of this invocation × runs left) and per phase
     (the same phase's last duration, in this invocation or recorded in an earlier one)."""
 
-    def __init__(self, prefix: str, num_runs: int, phase_seconds: dict[str, float]):
+    def __init__(self, prefix: str, num_runs: int = 0, phase_seconds: dict | None = None):
         self.prefix, self.num_runs, self.started = prefix, num_runs, time.perf_counter()
         self.run_seconds: list[float] = []
-        self.phase_seconds = dict(phase_seconds)
+        self.phase_seconds = dict(phase_seconds or {})
 
     def log(self, msg: str) -> None:
         print(f"[{self.prefix} {_clock(time.perf_counter() - self.started)}] {msg}", flush=True)
@@ -152,8 +152,9 @@ class Context:
     analyze_only: bool
     progress: Progress
     runs_by_name: dict[str, Run]
+    #: Trained variables of the runs others start from (``Run.needs``), shared by the study's runs.
+    dependencies: dict[str, Any] = dataclasses.field(default_factory=dict)
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
-    _variables: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def model(self):
@@ -197,10 +198,10 @@ class Context:
     def variables_of(self, name: str) -> Any:
         """Trained variables of run ``name`` (this invocation's, else restored: a finished run's
         ``train`` returns at once from its checkpoint)."""
-        if name not in self._variables:
+        if name not in self.dependencies:
             self.log(f"  restoring {name} (needed by this run)")
-            self._variables[name] = self.study.train(self, self.runs_by_name[name])[0]
-        return self._variables[name]
+            self.dependencies[name] = self.study.train(self, self.runs_by_name[name])[0]
+        return self.dependencies[name]
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -374,7 +375,7 @@ def run(study: Study, config, workdir: str | os.PathLike | None = None, analyze_
     workdir = pathlib.Path(workdir or os.path.join("runs", config.name))
     validate(study, config, workdir)
     all_runs = study.runs(config)
-    progress = Progress(study.name, 0, {})
+    progress = Progress(study.name)
     results = load_results(workdir, progress.log)
     done = results["runs"]
     pending = [r for r in all_runs if analyze_only or r.name not in done]
@@ -383,17 +384,20 @@ def run(study: Study, config, workdir: str | os.PathLike | None = None, analyze_
     write_json(workdir / "config.json", config_dict(config))
     mesh = make_mesh(config)
     results.update(config=config_dict(config), environment=environment(mesh))
-    progress = Progress(study.name, len(pending), _previous_phase_seconds(done))
+    progress.num_runs = len(pending)
+    progress.phase_seconds = _previous_phase_seconds(done)
     devices = "1 device" if mesh is None else f"a mesh of {mesh.size} devices"
     progress.log(
         f"{config.name}: {len(all_runs)} runs, {len(all_runs) - len(pending)} already done, "
         f"in {workdir}, on {devices}"
     )
     runs_by_name = {r.name: r for r in all_runs}
-    shared = {}
+    needed = {name for r in all_runs for name in r.needs}
+    dependencies: dict[str, Any] = {}  # kept in memory only for the runs others start from
     for i, item in enumerate(pending, 1):
-        ctx = Context(study, config, workdir, mesh, data, analyze_only, progress, runs_by_name)
-        ctx._variables = shared
+        ctx = Context(
+            study, config, workdir, mesh, data, analyze_only, progress, runs_by_name, dependencies
+        )
         verb = "restoring" if analyze_only else "training"
         progress.log(f"[{i}/{len(pending)}] {item.name}: {verb}{progress.eta()}")
         tic = time.perf_counter()
@@ -404,7 +408,8 @@ def run(study: Study, config, workdir: str | os.PathLike | None = None, analyze_
             progress.log(f"  skipped: {e}")
             progress.run_seconds.append(time.perf_counter() - tic)
             continue
-        shared[item.name] = variables
+        if item.name in needed:
+            dependencies[item.name] = variables
         record = dict(done.get(item.name, {}), **trained)
         if record.get("status") == "diverged":
             progress.log(f"  {item.name} diverged; recorded, not analysed")

@@ -43,7 +43,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from hessjax import batching
-from hessjax._internal import ApplyFn, check_positive_int, replicated
+from hessjax._internal import ApplyFn, check_positive_int
 from hessjax.input_hessian import input_gradient, input_hvp
 
 __all__ = [
@@ -461,15 +461,13 @@ def _accuracies(apply_fn, variables, x, y, batch_size, make_inputs, mesh):
     n = len(y)
     if n == 0 or len(x) != n:
         raise ValueError(f"need x (N, ...) and y (N,) with N > 0; got {len(x)} and {n} samples")
-    if mesh is not None:
-        variables = jax.device_put(variables, replicated(mesh))
     chunk_rows = batching.chunk_size(n, batch_size, mesh)
 
-    def correct(chunk):
+    def correct(shared, chunk):
         xb, yb = chunk
-        return _correct(apply_fn, variables, make_inputs(xb, yb, chunk_rows), yb)
+        return _correct(apply_fn, shared, make_inputs(shared, xb, yb, chunk_rows), yb)
 
-    hits = batching.map_chunks(correct, (x, y), batch_size, mesh=mesh)
+    hits = batching.map_chunks(correct, variables, (x, y), batch_size, mesh=mesh)
     return np.asarray(hits).mean(axis=0, dtype=np.float64)
 
 
@@ -478,7 +476,7 @@ def accuracy(
 ) -> float:
     """Clean accuracy ``mean_i [argmax apply_fn(variables, x)_i = y_i]`` over the whole set,
     ``batch_size`` samples per compiled call."""
-    inputs = lambda xb, yb, rows: xb[None]
+    inputs = lambda shared, xb, yb, rows: xb[None]
     return float(_accuracies(apply_fn, variables, x, np.asarray(y), batch_size, inputs, mesh)[0])
 
 
@@ -505,8 +503,8 @@ def adversarial_accuracy(
     attack_fn = get(attack) if isinstance(attack, str) else attack
     x = np.asarray(x) if not hasattr(x, "shape") else x
     eps_arr, scalar = _as_eps(eps, x.dtype)
-    inputs = lambda xb, yb, rows: attack_fn(
-        apply_fn, variables, xb, yb, eps_arr, clip=clip, batch_size=rows, **attack_kw
+    inputs = lambda shared, xb, yb, rows: attack_fn(
+        apply_fn, shared, xb, yb, eps_arr, clip=clip, batch_size=rows, **attack_kw
     )
     acc = _accuracies(apply_fn, variables, x, np.asarray(y), batch_size, inputs, mesh)
     return float(acc[0]) if scalar else acc

@@ -24,7 +24,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from hessjax import tree
-from hessjax._internal import batch_sharding, mesh_size, round_up
+from hessjax._internal import batch_sharding, mesh_size, replicated, round_up
 
 
 def _pad_rows(a, size: int):
@@ -41,12 +41,19 @@ def chunk_size(n: int, batch_size: int, mesh: Mesh | None = None) -> int:
 
 
 def map_chunks(
-    chunk_fn: Callable[[Any], Any], args: Any, batch_size: int, *, mesh: Mesh | None = None
+    chunk_fn: Callable[[Any, Any], Any],
+    shared: Any,
+    args: Any,
+    batch_size: int,
+    *,
+    mesh: Mesh | None = None,
 ) -> Any:
-    """``chunk_fn`` on consecutive chunks of the rows of ``args``, outputs concatenated.
+    """``chunk_fn(shared, chunk)`` on consecutive chunks of the rows of ``args``, outputs
+    concatenated.
 
-    ``args``: pytree of arrays sharing the leading axis ``N`` (numpy or jax). ``chunk_fn(chunk)``
-    returns a pytree whose leaves have the chunk's rows as leading axis. Each chunk has
+    ``shared``: a pytree every chunk uses (e.g. the model variables; replicated on ``mesh``).
+    ``args``: pytree of arrays sharing the leading axis ``N`` (numpy or jax). ``chunk_fn`` returns
+    a pytree whose leaves have the chunk's rows as leading axis. Each chunk has
     :func:`chunk_size` rows (the last one padded by repeating its last row; its padded outputs are
     cut), placed on ``mesh`` split along the rows when given. Returns jax arrays with leading
     axis ``N``.
@@ -56,6 +63,8 @@ def map_chunks(
         raise ValueError("no samples: the arrays have a leading axis of 0")
     size = chunk_size(n, batch_size, mesh)
     sharding = batch_sharding(mesh)
+    if mesh is not None:
+        shared = jax.device_put(shared, replicated(mesh))
     outs = []
     for start in range(0, n, size):
         count = min(size, n - start)
@@ -64,7 +73,7 @@ def map_chunks(
         )
         if sharding is not None:
             chunk = jax.device_put(chunk, sharding)
-        outs.append(jax.tree_util.tree_map(lambda o, c=count: o[:c], chunk_fn(chunk)))
+        outs.append(jax.tree_util.tree_map(lambda o, c=count: o[:c], chunk_fn(shared, chunk)))
     if len(outs) == 1:
         return outs[0]
     return jax.tree_util.tree_map(lambda *o: jnp.concatenate(o), *outs)
@@ -89,6 +98,24 @@ def split_batches(data: Any, batch_size: int) -> tuple[Any, Any]:
     )
     tail = jax.tree_util.tree_map(lambda a: as_array(a)[cut:], data)
     return full, tail
+
+
+def device_batches(data: Any, batch_size: int, mesh: Mesh | None = None) -> tuple[Any, Any]:
+    """:func:`split_batches` placed on the device(s): with ``mesh`` each full batch is split
+    over its devices along the sample axis (``batch_size`` must be divisible by their number),
+    and so is the tail when its size allows (else it is replicated)."""
+    full, tail = split_batches(data, batch_size)
+    if mesh is None:
+        return jax.device_put((full, tail))
+    if batch_size % mesh.size:
+        raise ValueError(
+            f"batch_size={batch_size} is not divisible by the {mesh.size} devices of the mesh; "
+            f"choose a multiple of {mesh.size}"
+        )
+    tail_sharding = (
+        batch_sharding(mesh) if tree.leading_dim(tail) % mesh.size == 0 else replicated(mesh)
+    )
+    return jax.device_put(full, batch_sharding(mesh, 1)), jax.device_put(tail, tail_sharding)
 
 
 def _weighted(term, args, item, size: int, num_samples: int):

@@ -22,7 +22,7 @@ import optax
 from jax.sharding import Mesh
 
 from hessjax import batching, loops, tree
-from hessjax._internal import ApplyFn, as_partial, batch_sharding, check_positive_int, replicated
+from hessjax._internal import ApplyFn, as_partial, check_positive_int, replicated
 
 __all__ = ["evaluate", "full_gradient_norm", "per_sample_metrics"]
 
@@ -51,11 +51,8 @@ def per_sample_metrics(
     check_positive_int("batch_size", batch_size)
     if len(x) != len(y):
         raise ValueError(f"need x (N, ...) and y (N,); got {len(x)} and {len(y)} samples")
-    if mesh is not None:
-        variables = jax.device_put(variables, replicated(mesh))
-    loss, correct = batching.map_chunks(
-        lambda chunk: _chunk_metrics(apply_fn, variables, chunk), (x, y), batch_size, mesh=mesh
-    )
+    chunk_fn = functools.partial(_chunk_metrics, apply_fn)
+    loss, correct = batching.map_chunks(chunk_fn, variables, (x, y), batch_size, mesh=mesh)
     return np.asarray(loss), np.asarray(correct)
 
 
@@ -90,16 +87,8 @@ def full_gradient_norm(
     """
     n = tree.leading_dim(data)
     batch_size = min(check_positive_int("batch_size", batch_size), n)
-    full, tail = batching.split_batches(data, batch_size)
-    if mesh is None:
-        full, tail = jax.device_put((full, tail))
-    else:
-        if batch_size % mesh.size:
-            raise ValueError(
-                f"batch_size={batch_size} is not divisible by the {mesh.size} devices of the mesh"
-            )
-        full = jax.device_put(full, batch_sharding(mesh, 1))
-        tail = jax.device_put(tail, replicated(mesh))
+    full, tail = batching.device_batches(data, batch_size, mesh)
+    if mesh is not None:
         params = jax.device_put(params, replicated(mesh))
     total = batching.batch_mean(
         _batch_gradient,

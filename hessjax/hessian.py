@@ -107,22 +107,10 @@ def hessian_operator(
     """
     n = _check_data(data)
     batch_size = min(check_positive_int("batch_size", batch_size), n)
-    if mesh is not None and batch_size % mesh.size:
-        raise ValueError(
-            f"batch_size={batch_size} is not divisible by the {mesh.size} devices of the mesh; "
-            f"choose a multiple of {mesh.size}"
-        )
     loss_fn = as_partial(loss_fn)
     _check_scalar_loss(loss_fn, params, jax.tree_util.tree_map(lambda a: a[:batch_size], data))
-    full, tail = batching.split_batches(data, batch_size)
-    if mesh is None:
-        full, tail = jax.device_put((full, tail))
-    else:
-        full = jax.device_put(full, batch_sharding(mesh, 1))
-        tail_size = tree.leading_dim(tail)
-        tail = jax.device_put(
-            tail, batch_sharding(mesh) if tail_size % mesh.size == 0 else replicated(mesh)
-        )
+    full, tail = batching.device_batches(data, batch_size, mesh)
+    if mesh is not None:
         params = jax.device_put(params, replicated(mesh))
     return HessianOperator(loss_fn, params, full, tail, n, mesh)
 

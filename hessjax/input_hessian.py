@@ -21,7 +21,7 @@ import optax
 from jax.sharding import Mesh
 
 from hessjax import batching, loops
-from hessjax._internal import ApplyFn, replicated
+from hessjax._internal import ApplyFn
 
 METHODS = ("exact", "power")
 
@@ -175,15 +175,9 @@ def _power_top_eigenvalue(apply_fn, variables, x, y, key, tol, *, batch_size, ma
     if traced or (mesh is None and not loops.host_loops()):
         x, y = jnp.asarray(x), jnp.asarray(y)
         return _power_all(apply_fn, variables, x, y, keys, tol, max_iters, batch_size=batch_size)
-    if mesh is not None:
-        variables = jax.device_put(variables, replicated(mesh))
     host = loops.host_loops()
-    return batching.map_chunks(
-        lambda c: _power_chunk(apply_fn, variables, *c, tol, max_iters, host=host),
-        (x, y, keys),
-        batch_size,
-        mesh=mesh,
-    )
+    chunk_fn = lambda shared, c: _power_chunk(apply_fn, shared, *c, tol, max_iters, host=host)
+    return batching.map_chunks(chunk_fn, variables, (x, y, keys), batch_size, mesh=mesh)
 
 
 def input_hessian_eigenvalues(

@@ -19,7 +19,6 @@ import jax
 from jax.sharding import Mesh
 
 from hessjax import batching
-from hessjax._internal import replicated
 
 
 def host_loops() -> bool:
@@ -99,11 +98,5 @@ def map_samples(
     traced = is_traced((shared, args))
     if traced or (mesh is None and not host_loops()):
         return _mapped_all(fn, apply_fn, shared, args, batch_size=batch_size, static=static)
-    if mesh is not None:
-        shared = jax.device_put(shared, replicated(mesh))
-    return batching.map_chunks(
-        lambda chunk: _vmapped_chunk(fn, apply_fn, shared, chunk, static),
-        args,
-        batch_size,
-        mesh=mesh,
-    )
+    chunk_fn = lambda variables, chunk: _vmapped_chunk(fn, apply_fn, variables, chunk, static)
+    return batching.map_chunks(chunk_fn, shared, args, batch_size, mesh=mesh)

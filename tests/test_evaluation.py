@@ -30,11 +30,11 @@ def test_map_chunks_equals_the_direct_map(batch_size):
     x = np.arange(23 * 2, dtype=np.float64).reshape(23, 2)
     calls = []
 
-    def chunk_fn(chunk):
+    def chunk_fn(scale, chunk):
         calls.append(chunk[0].shape[0])
-        return chunk[0].sum(axis=1), chunk[1] * 2
+        return chunk[0].sum(axis=1), chunk[1] * scale
 
-    out = batching.map_chunks(chunk_fn, (x, np.arange(23)), batch_size)
+    out = batching.map_chunks(chunk_fn, 2, (x, np.arange(23)), batch_size)
     np.testing.assert_array_equal(out[0], x.sum(axis=1))
     np.testing.assert_array_equal(out[1], 2 * np.arange(23))
     assert set(calls) == {min(batch_size, 23)}  # one shape: the last chunk is padded
