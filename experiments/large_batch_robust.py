@@ -118,8 +118,8 @@ class LargeBatchRobust:
         for field in ("max_steps_per_epoch", "eval_limit"):
             errors += checks.positive_int(field, config[field], optional=True)
         errors += checks.positive_int("eval_batch_size", config.eval_batch_size)
-        if config.fb.base_batch_size < 1 or config.fb.warmup_epochs < 0:
-            errors.append("fb.base_batch_size must be >= 1 and fb.warmup_epochs >= 0")
+        if not config.fb.base_batch_size > 0 or config.fb.warmup_epochs < 0:
+            errors.append("fb.base_batch_size must be > 0 and fb.warmup_epochs >= 0")
         return errors
 
     def sharded_sizes(self, config) -> list[tuple[str, int]]:
@@ -130,9 +130,10 @@ class LargeBatchRobust:
             runner.Run(f"probe_bs{b}", {"batch_size": b, "probe": True})
             for b in config.memory_batch_sizes
         ]
+        # Largest batches first: a run stopped part-way has the columns the claim is about.
         trained = [
             runner.Run(run_name(m, b), {"method": m, "batch_size": b})
-            for b in config.batch_sizes
+            for b in sorted(config.batch_sizes, reverse=True)
             for m in config.methods
         ]
         return probes + trained
@@ -294,7 +295,7 @@ class LargeBatchRobust:
             f"# {config.name}: {config.model.upper()} / {config.dataset}, test accuracy (Table 8)",
             "",
             f"Micro-batch {config.micro_batch_size}; lr {config.lr}, momentum {config.momentum}; "
-            f"{config.num_epochs} epoch(s){budget}; FB peak lr = lr·B/{config.fb.base_batch_size}, "
+            f"{config.num_epochs} epoch(s){budget}; FB peak lr = lr·B/{config.fb.base_batch_size:g}, "
             f"warm-up {config.fb.warmup_epochs} epoch(s); robust: {config.robust.attack} ε = "
             f"{config.robust.eps}, fraction {config.robust.fraction}.",
             "",

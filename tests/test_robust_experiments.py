@@ -21,9 +21,16 @@ def test_configs_build_for_every_scale():
     assert paper.robust.attacks == ["fgsm", "fgsm10", "l2_grad", "fhsm", "l2_hess"]
     assert paper.original.num_epochs == 100 and paper.robust.num_epochs == 5
     assert paper.robust.fraction == 1.0 and paper.hessian.subsample_sizes == [1, 128]
-    cpu8 = table8.get_config("cpu")
-    assert cpu8.batch_sizes == [8000, 10000, 25000, 50000] and cpu8.train_limit is None
-    assert all(b % cpu8.micro_batch_size == 0 for b in cpu8.batch_sizes)
+    paper8, cpu8 = table8.get_config("paper"), table8.get_config("cpu")
+    assert paper8.batch_sizes == [8000, 10000, 25000, 50000] and paper8.train_limit is None
+    for c, n in ((paper8, 50000), (cpu8, cpu8.train_limit)):
+        assert all(b % c.micro_batch_size == 0 for b in c.batch_sizes)
+        # the cpu scale keeps the paper's batch sizes as fractions of the training set and FB's
+        # peak-lr multipliers B / base_batch_size
+        assert [b / n for b in c.batch_sizes] == [0.16, 0.2, 0.5, 1.0]
+        assert [b / c.fb.base_batch_size for b in c.batch_sizes] == pytest.approx(
+            [62.5, 78.125, 195.3125, 390.625]
+        )
 
 
 def test_bad_configs_fail_with_one_message_before_any_work(tmp_path):
