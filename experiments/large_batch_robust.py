@@ -295,8 +295,9 @@ class LargeBatchRobust:
             f"# {config.name}: {config.model.upper()} / {config.dataset}, test accuracy (Table 8)",
             "",
             f"Micro-batch {config.micro_batch_size}; lr {config.lr}, momentum {config.momentum}; "
-            f"{config.num_epochs} epoch(s){budget}; FB peak lr = lr·B/{config.fb.base_batch_size:g}, "
-            f"warm-up {config.fb.warmup_epochs} epoch(s); robust: {config.robust.attack} ε = "
+            f"{config.num_epochs} epoch(s){budget}; "
+            f"FB peak lr = lr·B/{config.fb.base_batch_size:g}, warm-up "
+            f"{config.fb.warmup_epochs} epoch(s); robust: {config.robust.attack} ε = "
             f"{config.robust.eps}, fraction {config.robust.fraction}.",
             "",
             *plots.markdown_table(
