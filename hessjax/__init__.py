@@ -4,8 +4,30 @@ A functional reimplementation of Yao, Gholami, Lei, Keutzer & Mahoney, "Hessian-
 Large Batch Training and Robustness to Adversaries" (NeurIPS 2018).
 """
 
-from hessjax import adversarial, attacks, data, evaluation, landscape, models, train
+from hessjax import (
+    adversarial,
+    attacks,
+    blocks,
+    data,
+    distributed,
+    estimators,
+    evaluation,
+    landscape,
+    layers,
+    models,
+    train,
+)
+from hessjax.blocks import block_operator
 from hessjax.eigen import EigenResult, NonFiniteError, eigenvalues
+from hessjax.estimators import (
+    DiagonalEstimate,
+    TraceEstimate,
+    diagonal,
+    hutchinson,
+    hutchpp,
+    xtrace,
+)
+from hessjax.gauss_newton import GaussNewtonOperator, gauss_newton_operator
 from hessjax.hessian import (
     HessianOperator,
     dense_hessian,
@@ -20,6 +42,7 @@ from hessjax.input_hessian import (
     input_hessian_eigenvalues,
     input_hessian_spectrum,
 )
+from hessjax.layers import LayerCurvature, layer_curvature
 from hessjax.linearized import LinearizedHessianOperator, linearization_bytes
 from hessjax.losses import cross_entropy, make_loss_fn, split_variables
 from hessjax.spectral import (
@@ -34,8 +57,22 @@ from hessjax.spectral import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "DiagonalEstimate",
+    "GaussNewtonOperator",
+    "LayerCurvature",
+    "TraceEstimate",
     "adversarial",
     "attacks",
+    "block_operator",
+    "blocks",
+    "diagonal",
+    "estimators",
+    "gauss_newton_operator",
+    "hutchinson",
+    "hutchpp",
+    "layer_curvature",
+    "layers",
+    "xtrace",
     "EigenResult",
     "NonFiniteError",
     "Quadrature",
@@ -43,6 +80,7 @@ __all__ = [
     "LinearizedHessianOperator",
     "cross_entropy",
     "data",
+    "distributed",
     "dense_hessian",
     "density",
     "eigenvalues",

@@ -32,16 +32,30 @@ def as_partial(fn: Callable) -> Any:
     return Partial(fn) if len(leaves) == 1 and leaves[0] is fn else fn
 
 
+def auto_axes(mesh: Mesh) -> Mesh:
+    """``mesh`` with every axis of type Auto (the same devices and names).
+
+    ``jax.make_mesh`` gives Explicit axes by default, under which ``with_sharding_constraint``
+    may not name the axes; hessjax places arrays on the Auto twin, so any mesh works.
+    """
+    types = getattr(mesh, "axis_types", None)
+    auto = jax.sharding.AxisType.Auto
+    if types is None or all(t == auto for t in types):
+        return mesh
+    return Mesh(mesh.devices, mesh.axis_names, axis_types=(auto,) * len(mesh.axis_names))
+
+
 def batch_sharding(mesh: Mesh | None, leading: int = 0) -> NamedSharding | None:
     """The sample axis (after ``leading`` axes) split over every axis of ``mesh``; None without."""
     if mesh is None:
         return None
-    return NamedSharding(mesh, PartitionSpec(*([None] * leading), tuple(mesh.axis_names)))
+    spec = PartitionSpec(*([None] * leading), tuple(mesh.axis_names))
+    return NamedSharding(auto_axes(mesh), spec)
 
 
 def replicated(mesh: Mesh | None) -> NamedSharding | None:
     """Every device of ``mesh`` holds the whole array (None without a mesh)."""
-    return None if mesh is None else NamedSharding(mesh, PartitionSpec())
+    return None if mesh is None else NamedSharding(auto_axes(mesh), PartitionSpec())
 
 
 def mesh_size(mesh: Mesh | None) -> int:

@@ -25,6 +25,7 @@ from jax.sharding import Mesh
 
 from hessjax import tree
 from hessjax._internal import batch_sharding, mesh_size, replicated, round_up
+from hessjax.distributed import check_mesh, spans_processes
 
 
 def _pad_rows(a, size: int):
@@ -56,15 +57,17 @@ def map_chunks(
     a pytree whose leaves have the chunk's rows as leading axis. Each chunk has
     :func:`chunk_size` rows (the last one padded by repeating its last row; its padded outputs are
     cut), placed on ``mesh`` split along the rows when given. Returns jax arrays with leading
-    axis ``N``.
+    axis ``N``, complete on every process when ``mesh`` spans several (hessjax.distributed).
     """
     n = tree.leading_dim(args)
     if n == 0:
         raise ValueError("no samples: the arrays have a leading axis of 0")
+    check_mesh(mesh)
     size = chunk_size(n, batch_size, mesh)
     sharding = batch_sharding(mesh)
     if mesh is not None:
         shared = jax.device_put(shared, replicated(mesh))
+    whole = _gather_fn(mesh) if spans_processes(mesh) else (lambda t: t)
     outs = []
     for start in range(0, n, size):
         count = min(size, n - start)
@@ -73,10 +76,19 @@ def map_chunks(
         )
         if sharding is not None:
             chunk = jax.device_put(chunk, sharding)
-        outs.append(jax.tree_util.tree_map(lambda o, c=count: o[:c], chunk_fn(shared, chunk)))
+        outs.append(
+            jax.tree_util.tree_map(lambda o, c=count: o[:c], whole(chunk_fn(shared, chunk)))
+        )
     if len(outs) == 1:
         return outs[0]
     return jax.tree_util.tree_map(lambda *o: jnp.concatenate(o), *outs)
+
+
+@functools.cache
+def _gather_fn(mesh: Mesh) -> Callable[[Any], Any]:
+    """A compiled identity whose outputs every device of ``mesh`` holds whole (an all-gather):
+    per-sample results then come back complete on every process."""
+    return jax.jit(lambda t: t, out_shardings=replicated(mesh))
 
 
 # ----------------------------------------------------------------------------- batch means
@@ -104,6 +116,7 @@ def device_batches(data: Any, batch_size: int, mesh: Mesh | None = None) -> tupl
     """:func:`split_batches` placed on the device(s): with ``mesh`` each full batch is split
     over its devices along the sample axis (``batch_size`` must be divisible by their number),
     and so is the tail when its size allows (else it is replicated)."""
+    check_mesh(mesh)
     full, tail = split_batches(data, batch_size)
     if mesh is None:
         return jax.device_put((full, tail))

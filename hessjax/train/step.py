@@ -16,11 +16,12 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from hessjax import loops, tree
-from hessjax._internal import ApplyFn, batch_sharding
+from hessjax._internal import ApplyFn, batch_sharding, replicated
 from hessjax.adversarial import Adversary
+from hessjax.distributed import check_mesh
 from hessjax.losses import cross_entropy
 from hessjax.train.state import TrainState, variables_of
 
@@ -76,6 +77,7 @@ class TrainStep:
         self.apply_fn, self.tx, self.mesh, self.augment = apply_fn, tx, mesh, augment
         self.micro_batch_size, self.host_loops = micro_batch_size, host_loops
         self.adversary = adversary
+        check_mesh(mesh)
         self.num_devices = 1 if mesh is None else mesh.size
         self._scan_step = jax.jit(self._scan_update, donate_argnums=0)
         self._accumulate = jax.jit(self._accumulate_one, donate_argnums=0)
@@ -189,4 +191,4 @@ class TrainStep:
         """``state`` placed on the mesh, replicated (a no-op without a mesh)."""
         if self.mesh is None:
             return state
-        return jax.device_put(state, NamedSharding(self.mesh, PartitionSpec()))
+        return jax.device_put(state, replicated(self.mesh))
