@@ -46,6 +46,7 @@ from jax.sharding import Mesh
 
 from experiments import checks
 from hessjax import data as hdata
+from hessjax import distributed
 from hessjax import models as hmodels
 from hessjax import train as htrain
 
@@ -115,7 +116,8 @@ class Progress:
         self.phase_seconds = dict(phase_seconds or {})
 
     def log(self, msg: str) -> None:
-        print(f"[{self.prefix} {_clock(time.perf_counter() - self.started)}] {msg}", flush=True)
+        if distributed.is_primary():  # one log for a run over several processes
+            print(f"[{self.prefix} {_clock(time.perf_counter() - self.started)}] {msg}", flush=True)
 
     def eta(self) -> str:
         if not self.run_seconds:
@@ -162,8 +164,14 @@ class Context:
 
     def run_dir(self, name: str) -> pathlib.Path:
         path = self.workdir / name
-        path.mkdir(parents=True, exist_ok=True)
+        if distributed.is_primary():
+            path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def save_array(self, run_name: str, filename: str, array) -> None:
+        """``<workdir>/<run_name>/<filename>`` (``.npy``), written by process 0 only."""
+        if distributed.is_primary():
+            np.save(self.run_dir(run_name) / filename, np.asarray(array))
 
     def log(self, msg: str) -> None:
         self.progress.log(msg)
@@ -276,7 +284,9 @@ def environment(mesh: Mesh | None) -> dict:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Atomic: write ``path.tmp`` then ``os.replace``."""
+    """Atomic: write ``path.tmp`` then ``os.replace``; process 0 only (see ``write_text``)."""
+    if not distributed.is_primary():
+        return
     path = pathlib.Path(path)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1, allow_nan=True))
@@ -317,6 +327,13 @@ def load_results(workdir: pathlib.Path, log: Callable[[str], None]) -> dict:
     return results
 
 
+def write_text(path: pathlib.Path, text: str) -> None:
+    """``path.write_text(text)`` on process 0 only: in a run over several processes every
+    process computes the same results and only the first writes them."""
+    if distributed.is_primary():
+        path.write_text(text)
+
+
 def _fingerprint(config: dict, extensible: Sequence[str]) -> dict:
     return {k: v for k, v in config.items() if k not in extensible}
 
@@ -352,6 +369,11 @@ def validate(study: Study, config, workdir: pathlib.Path | None = None) -> None:
                     f"{what}: {size} samples cannot be split over {devices} devices; use a "
                     f"multiple of {devices} (or data_parallel=False)"
                 )
+    if jax.process_count() > 1 and not config.get("data_parallel", True):
+        errors.append(
+            f"data_parallel=False with {jax.process_count()} processes would run every process "
+            "alone on the same work; keep data_parallel=True or run one process"
+        )
     if workdir is not None:
         errors += workdir_errors(config, workdir, study.extensible)
     if errors:
@@ -380,13 +402,16 @@ def run(study: Study, config, workdir: str | os.PathLike | None = None, analyze_
     done = results["runs"]
     pending = [r for r in all_runs if analyze_only or r.name not in done]
     data = load_data(config) if pending else None  # missing data fails here, before any write
-    workdir.mkdir(parents=True, exist_ok=True)
+    if distributed.is_primary():
+        workdir.mkdir(parents=True, exist_ok=True)
     write_json(workdir / "config.json", config_dict(config))
     mesh = make_mesh(config)
     results.update(config=config_dict(config), environment=environment(mesh))
     progress.num_runs = len(pending)
     progress.phase_seconds = _previous_phase_seconds(done)
     devices = "1 device" if mesh is None else f"a mesh of {mesh.size} devices"
+    if jax.process_count() > 1:
+        devices += f" over {jax.process_count()} processes"
     progress.log(
         f"{config.name}: {len(all_runs)} runs, {len(all_runs) - len(pending)} already done, "
         f"in {workdir}, on {devices}"
@@ -425,13 +450,20 @@ def run(study: Study, config, workdir: str | os.PathLike | None = None, analyze_
     results["runs"] = {r.name: done[r.name] for r in all_runs if r.name in done}
     results["summary"] = study.summarize(config, results["runs"])
     write_json(workdir / RESULTS, results)
-    (workdir / "table.md").write_text(study.table(config, results))
-    figures = study.figures(config, results, workdir / "figures")
+    write_text(workdir / "table.md", study.table(config, results))
+    figures = []
+    if distributed.is_primary():
+        figures = study.figures(config, results, workdir / "figures")
     progress.log(f"wrote {workdir / RESULTS}, {workdir / 'table.md'} and {len(figures)} figures")
     return results
 
 
 # ----------------------------------------------------------------------------- command line
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value else None
 
 
 def main(study: Study) -> None:
@@ -442,6 +474,17 @@ def main(study: Study) -> None:
     config_flags.DEFINE_config_file("config", None, "experiments/configs/<name>.py[:scale]")
     flags.DEFINE_string("workdir", None, "output folder (default runs/<config.name>)")
     flags.DEFINE_bool("analyze_only", False, "re-run the analyses on the saved checkpoints only")
+    flags.DEFINE_string(
+        "coordinator_address",
+        os.environ.get(distributed.ENV_COORDINATOR),
+        "several processes: host:port of process 0, or 'auto' (SLURM, Open MPI, TPU pods)",
+    )
+    flags.DEFINE_integer(
+        "num_processes", _env_int(distributed.ENV_NUM_PROCESSES), "several processes: how many"
+    )
+    flags.DEFINE_integer(
+        "process_id", _env_int(distributed.ENV_PROCESS_ID), "several processes: this one's id"
+    )
     flags.mark_flags_as_required(["config"])
 
     def _main(argv):
@@ -450,8 +493,10 @@ def main(study: Study) -> None:
         logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
         f = flags.FLAGS
         try:
+            # Before anything uses JAX: the processes meet here (bounded time-outs).
+            distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
             run(study, f.config, f.workdir, analyze_only=f.analyze_only)
-        except (ConfigError, hdata.DataNotFoundError) as e:
+        except (ConfigError, hdata.DataNotFoundError, distributed.StartupError) as e:
             print(f"[{study.name}] error: {e}", file=sys.stderr, flush=True)
             sys.exit(2)
 

@@ -39,6 +39,10 @@ INITIALIZATION_TIMEOUT = 120
 HEARTBEAT_TIMEOUT = 30
 
 
+class StartupError(RuntimeError):
+    """The processes could not start together (bad arguments, unreachable coordinator)."""
+
+
 def initialize(
     coordinator_address: str | None,
     num_processes: int | None = None,
@@ -52,18 +56,18 @@ def initialize(
     ``coordinator_address``: ``"host:port"`` of process 0, or ``"auto"`` for JAX's cluster
     detection (SLURM, Open MPI, TPU pods: ``num_processes`` and ``process_id`` then come from the
     cluster), or None to do nothing (one process). On CPU the collectives are gloo's.
-    Raises ``RuntimeError`` naming the address and the time-out if the processes cannot meet.
+    Raises :class:`StartupError` naming the address and the time-out if the processes cannot meet.
     """
     if coordinator_address is None:
         return
     if coordinator_address != "auto" and (num_processes is None or process_id is None):
-        raise ValueError(
+        raise StartupError(
             f"coordinator_address={coordinator_address!r} needs num_processes and process_id "
             "(or use coordinator_address='auto' on a cluster JAX detects: SLURM, Open MPI, TPU)"
         )
     if num_processes is not None and process_id is not None:
         if not 0 <= process_id < num_processes:
-            raise ValueError(f"process_id must be in [0, {num_processes}), got {process_id}")
+            raise StartupError(f"process_id must be in [0, {num_processes}), got {process_id}")
     if os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION") is None:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     kw = dict(
@@ -75,7 +79,7 @@ def initialize(
         else:
             jax.distributed.initialize(coordinator_address, num_processes, process_id, **kw)
     except Exception as e:  # jax raises XlaRuntimeError / RuntimeError / ValueError here
-        raise RuntimeError(
+        raise StartupError(
             f"jax.distributed.initialize({coordinator_address!r}, num_processes={num_processes}, "
             f"process_id={process_id}) failed within {initialization_timeout} s: {e}. Check that "
             "every process was started with the same address and process count and that process "
@@ -176,6 +180,7 @@ __all__ = [
     "from_process_shards",
     "gather",
     "initialize",
+    "StartupError",
     "initialize_from_env",
     "is_primary",
     "spans_processes",

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hessjax import distributed
 from hessjax.evaluation import evaluate
 from hessjax.train.schedules import learning_rate
 from hessjax.train.state import TrainState, state_variables
@@ -84,6 +85,7 @@ class _Checkpoints:
         workdir = os.path.abspath(workdir)
         if not read_only:
             _discard_unfinished_saves(workdir, verbose)
+            distributed.barrier("hessjax.fit: unfinished saves discarded")
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             create=not read_only,
@@ -130,7 +132,7 @@ def _epoch_batches(x, y, batch_size: int, seed: int, epoch: int, max_steps: int 
 
 
 def _log(verbose: bool, msg: str) -> None:
-    if verbose:
+    if verbose and distributed.is_primary():
         print(f"[hessjax.train] {msg}", flush=True)
 
 
@@ -183,7 +185,7 @@ def fit(
     measure = lambda s: evaluate(apply_fn, state_variables(s), xe, ye, eval_batch_size, mesh=mesh)
 
     state = step.replicate(state)
-    item = _bookkeeping(state, 0, 0, 0.0)
+    item = step.replicate(_bookkeeping(state, 0, 0, 0.0))
     restored = ckpt.restore(item) if ckpt is not None else None
     if restored is not None:
         item = restored
@@ -224,7 +226,7 @@ def fit(
         if callback is not None:
             record.update(callback(epoch, state, record) or {})
         history.append(record)
-        if metrics_file is not None:
+        if metrics_file is not None and distributed.is_primary():
             with open(metrics_file, "a") as f:
                 f.write(json.dumps(record) + "\n")
         if not math.isfinite(train_loss) or train_loss > divergence_factor * initial:
@@ -241,7 +243,8 @@ def fit(
             f"ETA {per_epoch * (num_epochs - epoch):.0f}s",
         )
         if ckpt is not None:
-            ckpt.save(epoch, _bookkeeping(state, epoch, _STATUS.index(status), initial))
+            item = _bookkeeping(state, epoch, _STATUS.index(status), initial)
+            ckpt.save(epoch, step.replicate(item))  # collective: every process saves
         if status != "running":
             break
     if status == "running":
@@ -267,7 +270,7 @@ def restore(
         return None
     ckpt = _Checkpoints(workdir, read_only=True)
     try:
-        item = ckpt.restore(_bookkeeping(step.replicate(state), 0, 0, 0.0))
+        item = ckpt.restore(step.replicate(_bookkeeping(state, 0, 0, 0.0)))
     finally:
         ckpt.close()
     if item is None:
