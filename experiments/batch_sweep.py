@@ -82,6 +82,26 @@ def spearman(a, b) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def training_line(config, runs: dict) -> str:
+    """How far each run trained: epochs used against the target loss and the epoch budget, and
+    the runs that hit the budget before the target (the equal-loss protocol's record)."""
+    used, hits = [], []
+    for b in config.batch_sizes:
+        for s in range(config.num_seeds):
+            name, r = run_name(b, s), runs.get(run_name(b, s), {})
+            if "epochs" not in r:
+                continue
+            loss = r.get("final_train_loss")
+            used.append(f"{b}: {r['epochs']}" + (f" ({loss:.3g})" if loss is not None else ""))
+            if r.get("status") == "max_epochs":
+                hits.append(name)
+    target = config.target_loss
+    head = f"Training to loss ≤ {target:g}" if target is not None else "Training"
+    line = f"{head}, budget {config.num_epochs} epochs; epochs used (final train loss): "
+    line += "; ".join(used) or "–"
+    return line + ". Budget hit before the target: " + (", ".join(hits) or "none") + "."
+
+
 def columns(config) -> tuple:
     """Table 1's columns (Table 2's without the input-Hessian ones when they are switched off)."""
     if config.input_hessian.enabled:
@@ -219,6 +239,12 @@ class BatchSweep:
             return variables, {}
         record = {"batch_size": b, "seed": seed, "status": result.status, "epochs": result.epoch}
         record["history"] = read_history(ctx.run_dir(run.name) / "metrics.jsonl")
+        # Equal-loss protocol (docs/paper.md): every batch size trains until its full training
+        # loss is <= target_loss; "max_epochs" means the epoch budget ran out first.
+        record["target_loss"] = target
+        record["reached_target"] = result.status == "converged"
+        if record["history"]:
+            record["final_train_loss"] = record["history"][-1]["train_loss"]
         return variables, record
 
     # -- analysis ----------------------------------------------------------------------------------
@@ -273,8 +299,8 @@ class BatchSweep:
                             apply_fn, variables, xi, yi, method="exact", batch_size=bs, mesh=mesh
                         )
                     )
-                    np.save(ctx.run_dir(run.name) / f"{split}_input_grad_norms.npy", gnorm)
-                    np.save(ctx.run_dir(run.name) / f"{split}_input_lambda_max.npy", lam_x)
+                    ctx.save_array(run.name, f"{split}_input_grad_norms.npy", gnorm)
+                    ctx.save_array(run.name, f"{split}_input_lambda_max.npy", lam_x)
                     r["input_grad_norm"] = float(gnorm.mean())
                     r["input_lambda_max"] = float(lam_x.mean())
                 fgsm = hessjax.attacks.adversarial_accuracy(
@@ -369,6 +395,7 @@ class BatchSweep:
         diverged = sorted(k for k, r in results["runs"].items() if r.get("status") == "diverged")
         if diverged:
             lines += ["", f"Diverged (excluded): {', '.join(diverged)}"]
+        lines += ["", training_line(config, results["runs"])]
         rho = results["summary"]["spearman_lambda_max_vs_batch"]
         lines += [
             "",

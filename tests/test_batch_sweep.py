@@ -21,9 +21,15 @@ def test_configs_build_for_every_scale():
         for scale in ("paper", "cpu", "smoke"):
             config = module.get_config(scale)
             runner.validate(STUDY, config)
-            assert config.hessian.k >= 2 and config.target_loss == 0.001
+            assert config.hessian.k >= 2
+            if scale != "cpu":
+                assert config.target_loss == 0.001
     for module in (m1, c1, c2):
-        assert len(module.get_config("cpu").batch_sizes) >= 5
+        cpu = module.get_config("cpu")
+        assert len(cpu.batch_sizes) >= 5
+        # equal-loss protocol: one target loss for every batch size, constant lr, a budget
+        assert 0.001 < cpu.target_loss <= 0.1 and cpu.lr_decay_epochs == []
+        assert cpu.num_epochs >= 40
     assert m1.get_config().fgsm_eps == [0.2, 0.1] and c1.get_config().fgsm_eps == [0.02, 0.01]
     assert cr.get_config().dataset == "cifar100" and cr.get_config().augment
     assert c2.get_config().batch_sizes == [256, 512, 1024, 2048]
@@ -67,6 +73,9 @@ def test_smoke_sweep_end_to_end_and_resume(data_dir, tmp_path, monkeypatch, forb
     k = config.hessian.k
     for name, run in saved["runs"].items():
         assert run["status"] in ("converged", "max_epochs")
+        assert run["reached_target"] == (run["status"] == "converged")
+        assert run["target_loss"] == config.target_loss
+        assert run["final_train_loss"] == run["history"][-1]["train_loss"]
         assert "training" in run["seconds"] and "train: loss and accuracy" in run["seconds"]
         for split in ("train", "test"):
             r = run[split]
@@ -90,6 +99,7 @@ def test_smoke_sweep_end_to_end_and_resume(data_dir, tmp_path, monkeypatch, forb
     rows = [line for line in table.splitlines() if line.startswith("| ") and "Batch" not in line]
     assert [row.split("|")[1].strip() for row in rows] == ["32", "128"]
     assert "λ_max^θ" in table and "FGSM ε₁" in table and "Spearman" in table
+    assert "Budget hit before the target: bs32_seed0, bs128_seed0." in table
     for name in ("fig1_spectrum", "fig2_landscape_1d", "fig3_landscape_2d"):
         png = workdir / "figures" / f"{name}.png"
         assert png.exists() and png.stat().st_size > 1000
@@ -121,6 +131,20 @@ def test_smoke_sweep_end_to_end_and_resume(data_dir, tmp_path, monkeypatch, forb
             run["train"]["eigenvalues"], rel=1e-5
         )
         assert reanalysed["runs"][name]["status"] == run["status"]
+
+
+def test_training_line_names_the_runs_that_hit_the_epoch_budget():
+    config = m1.get_config("cpu")
+    runs = {
+        "bs32_seed0": {"status": "converged", "epochs": 3, "final_train_loss": 0.041},
+        "bs512_seed0": {"status": "max_epochs", "epochs": 50, "final_train_loss": 0.083},
+    }
+    line = batch_sweep.training_line(config, runs)
+    assert line.startswith("Training to loss ≤ 0.05, budget 50 epochs")
+    assert "32: 3 (0.041); 512: 50 (0.083)" in line
+    assert line.endswith("Budget hit before the target: bs512_seed0.")
+    runs["bs512_seed0"]["status"] = "converged"
+    assert batch_sweep.training_line(config, runs).endswith("target: none.")
 
 
 def test_history_keeps_the_last_record_of_each_epoch(tmp_path):

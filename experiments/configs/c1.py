@@ -5,10 +5,13 @@
 * paper: the authors' recipe: SGD momentum 0.9, lr 0.02, x0.2 at epochs 30 and 60, 90 epochs (or
   train loss <= 0.001), micro-batches of 128 ("ghost" BN), batch sizes 16..2048, 3 seeds; top-20
   eigenvalues of the Hessian of the whole train / test loss; input Hessian and FGSM on every sample.
-* cpu: reduced to fit a 2-core CPU in about 30 minutes: 4,000 training and 1,000 test images,
-  10 epochs with x0.2 at epochs 4 and 8, 5 batch sizes 16..256 (micro-batch 16 so every batch size
-  divides), one seed; the weight Hessian on the first 256 samples of each split (top 5, tol 1e-2),
-  input Hessian / FGSM on 500, λ_max during training on 128 samples every 2 epochs.
+* cpu: the paper's equal-loss protocol, reduced to a 2-core CPU: 4,000 training and 1,000 test
+  images, 5 batch sizes 16..256 (micro-batch 16 so every batch size divides), one seed, every
+  batch size trained at the constant lr 0.02 until its full training loss is <= 0.1 (budget 40
+  epochs; budget hits recorded) [choice: the paper trains to 0.001 with x0.2 at epochs 30 and 60;
+  see m1.py]; the weight Hessian on the first 256 samples of each split (top 5, tol 1e-2), input
+  Hessian / FGSM on 500, λ_max during training on 128 samples every 2 epochs. (Until 2026-12-03:
+  10 epochs for every batch size, x0.2 at epochs 4 and 8; see docs/reproductions.md.)
 * smoke: 256 / 128 images, 2 batch sizes, 1 epoch, k=3.
 
 C2 and CR use this recipe: c2.py and cr.py derive from this file's paper config.
@@ -22,8 +25,9 @@ CPU = dict(
     batch_sizes=[16, 32, 64, 128, 256],
     micro_batch_size=16,
     num_seeds=1,
-    num_epochs=10,
-    lr_decay_epochs=[4, 8],
+    num_epochs=40,  # the budget; each run stops at target_loss
+    lr_decay_epochs=[],  # constant lr
+    target_loss=0.1,
     # tol: residual ≤ 1e-2·θ₁: Ritz values are far closer (~residual²/gap)
     hessian=dict(num_samples=256, batch_size=256, k=5, tol=1e-2),
     input_hessian=dict(num_samples=500),

@@ -5,9 +5,9 @@ net with BatchNorm, valid convolutions).
 
 * paper: C1's recipe (SGD momentum 0.9, lr 0.02, x0.2 at epochs 30 and 60, 90 epochs or train loss
   <= 0.001, ghost BN over micro-batches of 128), batch sizes 256..2048 (docs/paper.md), 3 seeds.
-* cpu: 4,000 / 1,000 images, 10 epochs (x0.2 at 4 and 8), batch sizes 32..512 (micro-batch 32),
-  one seed; weight Hessian on 256 samples (top 5), input Hessian / FGSM on 500. Not run for the
-  BUILD_NOTES reproductions (C1 and M1 are); expect about 30 minutes.
+* cpu: c1.py's cpu scale (4,000 / 1,000 images, constant lr 0.02 until the training loss is
+  <= 0.1, budget 40 epochs), batch sizes 32..512 (micro-batch 32), one seed; weight Hessian on
+  256 samples (top 5), input Hessian / FGSM on 500.
 * smoke: 256 / 128 images, 2 batch sizes, 1 epoch, k=3.
 
 Built from c1.py's config: only the model, the batch sizes and the cpu micro-batch differ.

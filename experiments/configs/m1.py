@@ -5,10 +5,15 @@
 * paper: the authors' recipe on the full data sets: SGD lr 0.01, momentum 0.9, lr halved every 5
   epochs, 100 epochs (or train loss <= 0.001), batch sizes 64..2048, 3 seeds; top-20 eigenvalues of
   the Hessian of the whole train / test loss; input Hessian and FGSM on every sample.
-* cpu: what fits a 2-core CPU in about 20 minutes: 5,000 training and 1,000 test images, 8 epochs
-  with the lr halved every 2 (the schedule's shape kept), 5 batch sizes 32..512, one seed; the
-  weight Hessian on the first 1,000 samples of each split (top 10), the input Hessian / FGSM on
-  500, λ_max during training on 500.
+* cpu: the paper's equal-loss protocol at CPU scale: 5,000 training and 1,000 test images, 5
+  batch sizes 32..512, one seed, every batch size trained at the constant lr 0.01 until its full
+  training loss is <= 0.05 (budget 50 epochs; a run that hits the budget is recorded as
+  "max_epochs" and named under the table) [choice: the paper trains to 0.001 with the lr halved
+  every 5 epochs; on 5,000 images the halving leaves batch 512 at loss 0.19 after 80 epochs, so
+  the rate is kept constant and the target raised to a loss every batch size reaches]; the weight
+  Hessian on the first 1,000 samples of each split (top 10), the input Hessian / FGSM on 500,
+  λ_max during training on 500. (Until 2026-12-03: 8 epochs for every batch size, lr halved
+  every 2; see docs/reproductions.md.)
 * smoke: a functional check in well under a minute: 256 / 128 images, 2 batch sizes, 1 epoch, k=3.
 """
 
@@ -19,8 +24,9 @@ CPU = dict(
     test_limit=1000,
     batch_sizes=[32, 64, 128, 256, 512],
     num_seeds=1,
-    num_epochs=8,
-    lr_decay_epochs=[2, 4, 6],
+    num_epochs=50,  # the budget; each run stops at target_loss
+    lr_decay_epochs=[],  # constant lr
+    target_loss=0.05,
     hessian=dict(num_samples=1000, k=10),
     input_hessian=dict(num_samples=500),
     landscape=dict(num_points=21, grid=11),
