@@ -47,7 +47,13 @@ def adversary_for(config, attack: str, section) -> Adversary:
     for training, ``config.evaluation`` for the evaluation) and its options."""
     spec = attacks.spec(attack)
     eps = section.eps_linf if spec.norm == "linf" else section.eps_l2
-    options = spec.pick_options(steps=config.robust.ifgsm_steps, cg_iters=section.cg_iters)
+    factor = section.get("ifgsm_step_factor")
+    options = spec.pick_options(
+        steps=config.robust.ifgsm_steps,
+        step_size=None if factor is None else factor * eps,
+        cg_iters=section.cg_iters,
+        cg_tol=section.get("cg_tol"),
+    )
     return Adversary(
         spec.key, eps, config.robust.fraction, hdata.input_range(config.dataset), options=options
     )
@@ -96,6 +102,11 @@ class AdversarialTraining:
         for name in ("ifgsm_steps", "cg_iters"):
             errors += checks.positive_int(f"robust.{name}", rc[name])
         errors += checks.positive_int("evaluation.cg_iters", ec.cg_iters)
+        for name, section in (("robust", rc), ("evaluation", ec)):
+            if section.get("ifgsm_step_factor") is not None:
+                errors += checks.positive(f"{name}.ifgsm_step_factor", section.ifgsm_step_factor)
+            if section.get("cg_tol") is not None and not section.cg_tol >= 0:
+                errors.append(f"{name}.cg_tol must be >= 0, got {section.cg_tol}")
         errors += checks.positive_int("evaluation.batch_size", ec.batch_size)
         errors += checks.positive_int("evaluation.num_samples", ec.num_samples, optional=True)
         errors += checks.positive_int("eval_batch_size", config.eval_batch_size)

@@ -165,3 +165,24 @@ def test_table8_diverged_runs_are_shown_as_diverged():
     table = TABLE8.table(config, results)
     row = [line for line in table.splitlines() if "| 64 |" in line][0]
     assert "0.5000" in row and "diverged (0.1000)" in row and "–" in row
+
+
+def test_attack_step_rule_and_cg_tolerance_reach_the_adversaries():
+    config = m1_robust.get_config("cpu")
+    ec = config.evaluation
+    # defaults: FGSM-10 at ε/steps (no step_size option), CG stopped by the cap (tol 1e-6)
+    assert dict(adversarial_training.adversary_for(config, "fgsm10", ec).options) == {"steps": 10}
+    assert dict(adversarial_training.adversary_for(config, "fhsm", ec).options) == {
+        "cg_iters": 20,
+        "cg_tol": 1e-6,
+    }
+    ec.ifgsm_step_factor, ec.cg_tol, ec.eps_linf = 0.25, 0.01, 0.4
+    a = adversarial_training.adversary_for(config, "fgsm10", ec)
+    assert dict(a.options) == {"steps": 10, "step_size": pytest.approx(0.1)}
+    assert dict(adversarial_training.adversary_for(config, "l2_hess", ec).options)["cg_tol"] == 0.01
+    runner.validate(ROBUST, config)
+    ec.ifgsm_step_factor, config.robust.cg_tol = -1.0, -0.5
+    with pytest.raises(runner.ConfigError) as err:
+        runner.validate(ROBUST, config)
+    assert "evaluation.ifgsm_step_factor" in str(err.value)
+    assert "robust.cg_tol must be >= 0" in str(err.value)

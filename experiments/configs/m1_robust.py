@@ -83,7 +83,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.robust.lr_decay_factor = 0.5
     c.robust.num_epochs = 5
     c.robust.ifgsm_steps = 10
+    # FGSM-10's step α = ifgsm_step_factor·ε; None: ε/ifgsm_steps (docs/paper.md [choice])
+    c.robust.ifgsm_step_factor = placeholder(float)
     c.robust.cg_iters = 10  # CG iterations of FHSM/HESS during training (rank <= c - 1 = 9)
+    # CG stops at ‖g − Hp‖ ≤ cg_tol·‖g‖ (an inexact-Newton forcing term; 1e-6: the cap decides)
+    c.robust.cg_tol = 1e-6
 
     c.evaluation = ml_collections.ConfigDict()
     c.evaluation.num_samples = placeholder(int)  # test samples attacked; None: the whole subset
@@ -91,6 +95,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.evaluation.eps_linf = 0.2
     c.evaluation.eps_l2 = 4.0
     c.evaluation.cg_iters = 20
+    c.evaluation.cg_tol = 1e-6  # see robust.cg_tol; FGSM-10 uses robust.ifgsm_steps and
+    c.evaluation.ifgsm_step_factor = placeholder(float)  # this step rule (None: ε/steps)
 
     c.hessian = common.hessian(1000)  # "full" Hessian over the whole training subset
     c.hessian.subsample_sizes = [1, 128]  # b_H (docs/paper.md [choice])
