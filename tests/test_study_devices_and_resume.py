@@ -1,7 +1,13 @@
 """Every study's smoke config, as the README runs it: on 4 fake CPU devices it writes the numbers
 of a 1-device run (relative difference <= 1e-4) and records the 4 devices; killed with SIGKILL in
 the middle, the same command resumes without redoing a finished run and ends with the
-uninterrupted run's results."""
+uninterrupted run's results.
+
+The batch sweep (m1.py:smoke) is also run as 2 processes x 2 CPU devices with
+``python -m hessjax.launch``: one process is killed after the first run, the launcher must stop
+the other and exit non-zero within 60 s, and the same command resumes and ends with the numbers of
+the uninterrupted 1-process 4-device run; only process 0 logs.
+"""
 
 import json
 import math
@@ -53,6 +59,52 @@ def _env(data_dir, devices: int) -> dict:
     return env
 
 
+def _launched(command: list[str]) -> list[str]:
+    """``command`` as 2 processes x 2 CPU devices on this machine."""
+    launch = [sys.executable, "-m", "hessjax.launch", "-n", "2", "--devices-per-process", "2"]
+    return [*launch, "--", *command]
+
+
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid`` (Linux /proc)."""
+    out = []
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _run_killed_after_first_record(command, env, workdir: pathlib.Path, kill) -> dict:
+    """Start ``command``; once a run's record is written call ``kill(proc)``; returns the
+    finished records' modification times."""
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not list(workdir.glob("*/record.json")) and proc.poll() is None:
+        assert time.time() < deadline, "no run finished in 10 minutes"
+        time.sleep(0.2)
+    kill(proc)
+    finished = {p: p.stat().st_mtime_ns for p in workdir.glob("*/record.json")}
+    assert finished, "killed before any run finished"
+    return finished
+
+
+def _kill_one_process(launcher: subprocess.Popen) -> None:
+    """SIGKILL the launcher's process 1; the launcher must end, non-zero, within 60 s."""
+    workers = _children(launcher.pid)
+    assert len(workers) == 2, workers
+    environs = {pid: pathlib.Path(f"/proc/{pid}/environ").read_bytes() for pid in workers}
+    second = [pid for pid, env in environs.items() if b"HESSJAX_PROCESS_ID=1\0" in env]
+    assert len(second) == 1, environs
+    os.kill(second[0], signal.SIGKILL)
+    tic = time.time()
+    code = launcher.wait(timeout=60)
+    assert code != 0 and time.time() - tic < 60, code
+
+
 def _differences(a, b, path="") -> list[str]:
     """Where two results differ beyond RTOL/ATOL (volatile fields skipped)."""
     if isinstance(a, dict) and isinstance(b, dict):
@@ -81,31 +133,31 @@ def test_four_devices_and_kill_resume_equal_one_device(study, data_dir, tmp_path
     reference = json.loads((single / "results.json").read_text())
     assert reference["environment"]["device_count"] == 1
 
-    # 4 devices, killed once the first run's record is written, then resumed.
+    # 4 devices (batch sweep: 2 processes x 2 devices), killed once the first run's record is
+    # written, then resumed with the same command.
     sharded = tmp_path / "four_devices"
-    proc = subprocess.Popen(
-        _command(study, sharded),
-        env=_env(data_dir, 4),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 600
-    while not list(sharded.glob("*/record.json")) and proc.poll() is None:
-        assert time.time() < deadline, "no run finished in 10 minutes"
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    finished = {p: p.stat().st_mtime_ns for p in sharded.glob("*/record.json")}
-    assert finished, "killed before any run finished"
+    command, env = _command(study, sharded), _env(data_dir, 4)
+    if study == "batch_sweep":
+        out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        four = json.loads((sharded / "results.json").read_text())
+        assert not _differences(reference["runs"], four["runs"])
+        reference, sharded = four, tmp_path / "two_processes"
+        command, env = _launched(_command(study, sharded)), _env(data_dir, 1)
+        kill = _kill_one_process
+    else:
+        kill = lambda proc: (proc.send_signal(signal.SIGKILL), proc.wait())
+    finished = _run_killed_after_first_record(command, env, sharded, kill)
 
-    out = subprocess.run(
-        _command(study, sharded), env=_env(data_dir, 4), capture_output=True, text=True, timeout=600
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     assert f"{len(finished)} already done" in out.stdout, out.stdout[-3000:]
     for path, mtime in finished.items():  # never redone
         assert path.stat().st_mtime_ns == mtime, path
     resumed = json.loads((sharded / "results.json").read_text())
+    if study == "batch_sweep":
+        assert resumed["environment"]["process_count"] == 2
+        assert "[p1] [batch_sweep" not in out.stdout and "[p0] [batch_sweep" in out.stdout
     assert resumed["environment"]["device_count"] == 4
     assert resumed["environment"]["mesh"] == {"data": 4}
     assert set(resumed["runs"]) == set(reference["runs"])
