@@ -17,6 +17,7 @@ a different order of operations).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -80,14 +81,14 @@ def _linearized_gradient(op: HessianOperator, batch: Any) -> Partial:
     return jax.linearize(grad_fn, op.params)[1]
 
 
-@jax.jit
-def _linearize_full(op: HessianOperator, index: jax.Array) -> Partial:
-    return _linearized_gradient(op, jax.tree_util.tree_map(lambda a: a[index], op.full))
+@functools.partial(jax.jit, static_argnums=0)
+def _linearize_full(per_batch, op, index: jax.Array) -> Partial:
+    return per_batch(op, jax.tree_util.tree_map(lambda a: a[index], op.full))
 
 
-@jax.jit
-def _linearize_tail(op: HessianOperator) -> Partial:
-    return _linearized_gradient(op, op.tail)
+@functools.partial(jax.jit, static_argnums=0)
+def _linearize_tail(per_batch, op) -> Partial:
+    return per_batch(op, op.tail)
 
 
 @jax.jit(donate_argnums=0)
@@ -103,12 +104,12 @@ def _stacked_zeros(a: jax.Array, n: int) -> jax.Array:
     return jnp.zeros((n, *a.shape), a.dtype, device=sharding)
 
 
-def linearization_bytes(op: HessianOperator) -> int:
+def linearization_bytes(op: HessianOperator, per_batch=_linearized_gradient) -> int:
     """Bytes :func:`linearize` would allocate for ``op``'s residuals (traced, nothing computed)."""
-    per_batch = _nbytes(jax.eval_shape(_linearize_full, op, 0))
-    total = per_batch * tree.leading_dim(op.full)
+    one = _nbytes(jax.eval_shape(_linearize_full, per_batch, op, 0))
+    total = one * tree.leading_dim(op.full)
     if tree.leading_dim(op.tail):
-        total += _nbytes(jax.eval_shape(_linearize_tail, op))
+        total += _nbytes(jax.eval_shape(_linearize_tail, per_batch, op))
     return total
 
 
@@ -121,8 +122,15 @@ def linearize(op: HessianOperator, *, max_bytes: int | None = None) -> Linearize
     """
     if not isinstance(op, HessianOperator):
         raise TypeError(f"linearize expects a HessianOperator, got {type(op).__name__}")
+    return linearize_batches(op, _linearized_gradient, max_bytes=max_bytes)
+
+
+def linearize_batches(op, per_batch, *, max_bytes: int | None = None) -> LinearizedHessianOperator:
+    """:func:`linearize` for any batched operator ``op`` (fields ``full``, ``tail``,
+    ``num_samples``): ``per_batch(op, batch)`` (a module-level function) returns the batch's
+    linear map ``v -> A_b v`` as a ``Partial``; the result applies ``Σ_b (n_b / N) A_b v``."""
     if max_bytes is not None:
-        need = linearization_bytes(op)
+        need = linearization_bytes(op, per_batch)
         if need > max_bytes:
             raise ValueError(
                 f"caching the linearisation needs {need / 2**20:.0f} MiB of residuals, over "
@@ -130,16 +138,16 @@ def linearize(op: HessianOperator, *, max_bytes: int | None = None) -> Linearize
                 "(same numbers, ~25% slower per HVP), fewer samples, or raise max_bytes"
             )
     num_full = tree.leading_dim(op.full)
-    first = _linearize_full(op, 0)
+    first = _linearize_full(per_batch, op, 0)
     stacked = jax.tree_util.tree_map(lambda a: _stacked_zeros(a, num_full), first)
     stacked = _write(stacked, first, 0)
     del first
     for index in range(1, num_full):
-        stacked = _write(stacked, _linearize_full(op, index), index)
+        stacked = _write(stacked, _linearize_full(per_batch, op, index), index)
     tail_size = tree.leading_dim(op.tail)
-    tail = _linearize_tail(op) if tail_size else None
+    tail = _linearize_tail(per_batch, op) if tail_size else None
     batch_size = tree.leading_dim(op.full, axis=1)
     return LinearizedHessianOperator(stacked, tail, num_full, batch_size, tail_size, op.num_samples)
 
 
-__all__ = ["LinearizedHessianOperator", "linearization_bytes", "linearize"]
+__all__ = ["LinearizedHessianOperator", "linearization_bytes", "linearize", "linearize_batches"]
