@@ -50,6 +50,9 @@ flags.DEFINE_string("study", "adversarial_training", "module in experiments/ of 
 flags.DEFINE_string("workdir", None, "the study's workdir", required=True)
 flags.DEFINE_string("run", "original", "the run whose model is attacked")
 flags.DEFINE_integer("num_samples", 1000, "test images attacked (the first ones)")
+flags.DEFINE_float("eps_linf", None, "base ε∞ (default: the config's)")
+flags.DEFINE_float("eps_l2", None, "base ε₂ (default: the config's)")
+flags.DEFINE_bool("newton", True, "also measure FHSM/HESS over the CG truncations")
 flags.DEFINE_string("out", None, "output folder (default <workdir>/attack_strength_<run>)")
 FLAGS = flags.FLAGS
 
@@ -83,9 +86,9 @@ def restore(study_name: str, config, workdir: pathlib.Path, run_name: str):
     return runner.get_model(config.model).apply, variables, data
 
 
-def measure(apply_fn, variables, x, y, config, log=print) -> dict:
+def measure(apply_fn, variables, x, y, config, log=print, newton=True, eps=(None, None)) -> dict:
     clip = hdata.input_range(config.dataset)
-    e_inf, e_2 = base_eps(config)
+    e_inf, e_2 = (given or default for given, default in zip(eps, base_eps(config), strict=True))
     eps_inf = [m * e_inf for m in MULTIPLES]
     eps_2 = [m * e_2 for m in MULTIPLES]
     bs = min(500, len(y))
@@ -113,7 +116,7 @@ def measure(apply_fn, variables, x, y, config, log=print) -> dict:
             run = lambda e=e, step=step: acc("fgsm10", e, **step)  # noqa: E731
             out["fgsm10"][name] += timed(f"FGSM-10 α={name} ε∞={e:g}", run)
     out["newton"] = []
-    settings = [(k, 1e-6) for k in CG_CAPS] + [(20, eta) for eta in FORCING]
+    settings = [(k, 1e-6) for k in CG_CAPS] + [(20, eta) for eta in FORCING] if newton else []
     for cg_iters, cg_tol in settings:
         p, res, iters = attacks.newton_directions(
             apply_fn, variables, x, y, cg_iters=cg_iters, cg_tol=cg_tol, batch_size=bs
@@ -149,6 +152,8 @@ def table(result: dict, title: str) -> str:
     lines += plots.markdown_table(
         ["ε₂"] + [f"{e:.4g}" for e in e2], [["GRAD"] + [pct(v) for v in result["l2_grad"]]]
     )
+    if not result["newton"]:
+        return "\n".join(lines) + "\n"
     lines += ["", "FHSM (over ε∞) and HESS (over ε₂) by CG truncation:", ""]
     rows = []
     for r in result["newton"]:
@@ -176,7 +181,8 @@ def main(argv):
     apply_fn, variables, data = restore(FLAGS.study, config, workdir, FLAGS.run)
     x, y = data["test"]
     n = min(FLAGS.num_samples, len(y))
-    result = measure(apply_fn, variables, x[:n], y[:n], config)
+    eps = (FLAGS.eps_linf, FLAGS.eps_l2)
+    result = measure(apply_fn, variables, x[:n], y[:n], config, newton=FLAGS.newton, eps=eps)
     result.update(config=config.name, run=FLAGS.run, seconds=time.perf_counter() - tic)
     runner.write_json(out / "attack_strength.json", result)
     md = table(result, f"Attack strength: {config.name}, run {FLAGS.run}")

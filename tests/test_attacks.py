@@ -153,6 +153,23 @@ def test_second_order_attacks_use_newton_direction():
     np.testing.assert_array_equal(info_l2.iterations, iters)
 
 
+def test_one_cg_iteration_gives_the_first_order_attacks():
+    """CG's first iterate from 0 is (gᵀg / gᵀHg)·g, a positive multiple of g (H is PSD): the
+    Newton attacks truncated after one iteration are FGSM (FHSM) and GRAD (HESS); the CG cap is
+    what moves them away from the first-order direction (docs/reproductions.md)."""
+    apply_fn, variables, x, y = _setup("mlp_relu")
+    eps, kw = [0.05, 0.3], dict(cg_iters=1, clip=(-1.0, 1.0))
+    fhsm1 = attacks.fhsm(apply_fn, variables, x, y, eps, **kw)
+    np.testing.assert_array_equal(
+        fhsm1, attacks.fgsm(apply_fn, variables, x, y, eps, clip=kw["clip"])
+    )
+    hess1 = attacks.l2_hess(apply_fn, variables, x, y, eps, **kw)
+    grad = attacks.l2_grad(apply_fn, variables, x, y, eps, clip=kw["clip"])
+    np.testing.assert_allclose(hess1, grad, rtol=1e-12, atol=1e-14)
+    hess20 = attacks.l2_hess(apply_fn, variables, x, y, eps, cg_iters=20, clip=kw["clip"])
+    assert np.abs(np.asarray(hess20) - np.asarray(grad)).max() > 1e-3  # a different direction
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_multiple_eps_match_separate_calls_and_clip(name):
     apply_fn, variables, x, y = _setup("mlp_relu")
