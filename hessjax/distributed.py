@@ -22,6 +22,8 @@ what ``python -m hessjax.launch`` (:mod:`hessjax.launch`) sets.
 from __future__ import annotations
 
 import os
+import socket
+import time
 from typing import Any
 
 import jax
@@ -68,6 +70,8 @@ def initialize(
     if num_processes is not None and process_id is not None:
         if not 0 <= process_id < num_processes:
             raise StartupError(f"process_id must be in [0, {num_processes}), got {process_id}")
+    if coordinator_address != "auto" and process_id != 0:
+        _wait_for_coordinator(coordinator_address, initialization_timeout)
     if os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION") is None:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     kw = dict(
@@ -85,6 +89,27 @@ def initialize(
             "every process was started with the same address and process count and that process "
             "0 is reachable at that address"
         ) from e
+
+
+def _wait_for_coordinator(address: str, timeout: float) -> None:
+    """Until ``timeout`` s: try to connect to process 0's coordinator at ``host:port``; a
+    :class:`StartupError` if it never answers (JAX itself would abort the process)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise StartupError(f"coordinator_address must be host:port, got {address!r}")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+                return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise StartupError(
+                    f"no coordinator answered at {address} within {timeout:g} s ({e}); start "
+                    "process 0 with the same --coordinator_address (it listens there), or check "
+                    "the host name and port"
+                ) from e
+            time.sleep(0.5)
 
 
 def initialize_from_env() -> None:

@@ -2,7 +2,8 @@
 
 Run by tests/test_multiprocess.py once as 1 process with 4 fake CPU devices and once as 2
 processes x 2 CPU devices (``python -m hessjax.launch``); the two outputs must agree. Argument:
-the output file (written by process 0 only).
+the output file prefix (each process writes ``<prefix>.p<process id>``, to check that every
+process gets the same values).
 """
 
 import json
@@ -37,6 +38,8 @@ out["hvp"] = np.asarray(jax.flatten_util.ravel_pytree(op(v))[0]).tolist()
 top = hessjax.eigenvalues(op, params, k=3, key=jax.random.key(1), tol=1e-8)
 out["top3"] = np.asarray(top.values).tolist()
 out["trace"] = float(hessjax.trace(op, params, num_samples=4, key=jax.random.key(2)))
+grid, dens = hessjax.density(op, params, num_steps=8, num_runs=2, key=jax.random.key(3))
+out["density"] = np.asarray(dens).tolist()
 out["evaluate"] = list(evaluation.evaluate(model.apply, variables, x, y, 8, mesh=mesh))
 lam = hessjax.input_hessian_eigenvalues(model.apply, variables, x, y, batch_size=8, mesh=mesh)
 out["input_lambda_max"] = np.asarray(lam).tolist()
@@ -65,7 +68,6 @@ try:
 except ValueError as e:
     out["local_mesh_error"] = str(e)
 out["process_count"] = jax.process_count()
-if jax.process_index() == 0:
-    with open(sys.argv[1], "w") as f:
-        json.dump(out, f)
+with open(f"{sys.argv[1]}.p{jax.process_index()}", "w") as f:  # every process's own view
+    json.dump(out, f)
 print("WORKER_OK", jax.process_index(), flush=True)

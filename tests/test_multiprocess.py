@@ -50,12 +50,18 @@ def test_library_on_two_processes_equals_one_process_with_four_devices(tmp_path)
     )
     assert multi.returncode == 0, (multi.stdout + multi.stderr)[-3000:]
     assert "[p0] WORKER_OK 0" in multi.stdout and "[p1] WORKER_OK 1" in multi.stdout
-    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    a, b = (
+        json.loads(pathlib.Path(f"{one}.p0").read_text()),
+        json.loads(pathlib.Path(f"{two}.p0").read_text()),
+    )
+    b1 = json.loads(pathlib.Path(f"{two}.p1").read_text())
+    b1.pop("local_mesh_error")
+    assert b1 == {k: v for k, v in b.items() if k != "local_mesh_error"}  # same on every process
     assert (a.pop("process_count"), b.pop("process_count")) == (1, 2)
     assert a.pop("local_mesh_error") == ""  # one process: a mesh of its devices is fine
     assert "must span all of them" in b.pop("local_mesh_error")
     assert set(a) == set(b)
-    for key in a:  # HVP, top-3, trace, evaluation, input Hessian, FGSM, one training step
+    for key in a:  # HVP, top-3, trace, density, evaluation, input Hessian, FGSM, training step
         np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-12, err_msg=key)
     # The same operator built from each process's own rows equals the one from the full data.
     np.testing.assert_allclose(b["hvp_from_shards"], a["hvp"], rtol=1e-5, atol=1e-12)
@@ -133,3 +139,50 @@ def test_a_mesh_from_jax_make_mesh_with_explicit_axes_works():
     np.testing.assert_allclose(flat(meshed), flat(plain), rtol=1e-12)
     acc = hessjax.evaluation.evaluate(model.apply, variables, x, y, 5, mesh=mesh)
     np.testing.assert_allclose(acc, hessjax.evaluation.evaluate(model.apply, variables, x, y, 5))
+
+
+def test_an_unreachable_coordinator_is_a_clear_error_within_the_time_out():
+    tic = time.time()
+    with pytest.raises(distributed.StartupError, match="no coordinator answered at 127.0.0.1:1"):
+        distributed.initialize("127.0.0.1:1", 2, 1, initialization_timeout=3)
+    assert time.time() - tic < 10
+
+
+DIES = """
+import os, sys, time
+import numpy as np
+from hessjax import distributed
+pid = int(sys.argv[1])
+distributed.initialize(f"127.0.0.1:{sys.argv[2]}", 2, pid)
+from jax.experimental import multihost_utils
+print(pid, "up", flush=True)
+if pid == 1:
+    os._exit(9)  # dies without a word while process 0 goes on with collectives
+for i in range(3000):
+    multihost_utils.process_allgather(np.array([i]))
+    time.sleep(0.1)
+"""
+
+
+@pytest.mark.slow
+def test_a_dead_process_stops_the_others_within_the_heartbeat_time_out(tmp_path):
+    """Without the launcher: process 0 ends with JAX's message naming the dead task."""
+    from hessjax.launch import free_port
+
+    script = tmp_path / "dies.py"
+    script.write_text(DIES)
+    port = str(free_port())
+    env = _env(JAX_NUM_CPU_DEVICES="1")
+    other = subprocess.Popen([sys.executable, str(script), "1", port], env=env)
+    tic = time.time()
+    out = subprocess.run(
+        [sys.executable, str(script), "0", port],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=distributed.HEARTBEAT_TIMEOUT + 90,
+    )
+    other.wait(timeout=30)
+    assert out.returncode != 0
+    assert time.time() - tic < distributed.HEARTBEAT_TIMEOUT + 60
+    assert "stopped sending heartbeats" in out.stderr, out.stderr[-2000:]
