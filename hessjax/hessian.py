@@ -100,7 +100,10 @@ def hessian_operator(
         numpy integer.
       mesh: optional ``jax.sharding.Mesh``; each batch is split over all its devices (data
         parallel), params and vectors are replicated. ``batch_size`` must be divisible by
-        ``mesh.size``.
+        ``mesh.size``. With several processes (``hessjax.distributed``) the mesh spans all of
+        them, numpy ``data`` is the global data set (the same on every process; each places its
+        own rows) or ``data`` are global ``jax.Array`` s, ``batch_size`` is global, and ``H v``
+        is the same replicated vector on every process.
 
     Returns:
       A :class:`HessianOperator`; every call reuses one compilation.
