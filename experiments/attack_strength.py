@@ -52,6 +52,12 @@ flags.DEFINE_string("run", "original", "the run whose model is attacked")
 flags.DEFINE_integer("num_samples", 1000, "test images attacked (the first ones)")
 flags.DEFINE_float("eps_linf", None, "base ε∞ (default: the config's)")
 flags.DEFINE_float("eps_l2", None, "base ε₂ (default: the config's)")
+flags.DEFINE_list(
+    "rows",
+    [],
+    "robust study only: instead of the sweep, Table 3/4 rows (clean + each attack of the config "
+    "with its evaluation settings, ε from --eps_linf/--eps_l2 when given) for these runs",
+)
 flags.DEFINE_bool("newton", True, "also measure FHSM/HESS over the CG truncations")
 flags.DEFINE_string("out", None, "output folder (default <workdir>/attack_strength_<run>)")
 FLAGS = flags.FLAGS
@@ -171,10 +177,63 @@ def table(result: dict, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def attack_rows(config, workdir: pathlib.Path, names, n: int) -> str:
+    """Table 3/4 rows of the robust study's runs ``names`` at ``config.evaluation``'s settings."""
+    from experiments import adversarial_training as at
+
+    ec = config.evaluation
+    rows, tic = [], time.perf_counter()
+    for name in names:
+        apply_fn, variables, data = restore("adversarial_training", config, workdir, name)
+        x, y = data["test"]
+        x, y = x[:n], y[:n]
+        accs = [attacks.accuracy(apply_fn, variables, x, y, min(ec.batch_size, n))]
+        for attack in config.robust.attacks:
+            a = at.adversary_for(config, attack, ec)
+            accs.append(
+                attacks.adversarial_accuracy(
+                    apply_fn,
+                    variables,
+                    x,
+                    y,
+                    a.attack,
+                    a.eps,
+                    clip=a.clip,
+                    batch_size=min(ec.batch_size, n),
+                    **dict(a.options),
+                )  # fmt: skip
+            )
+            print(f"  {name} {attack}: {accs[-1]:.4f}", flush=True)
+        mean = float(np.mean(accs[1:]))
+        rows.append([name] + [f"{100 * v:.2f}" for v in accs] + [f"{100 * mean:.2f}"])
+    heads = ["Training", "Clean"] + [at._display(a) for a in config.robust.attacks] + ["Mean"]
+    lines = [
+        f"# {config.name}: attacks at ε∞ = {ec.eps_linf:g}, ε₂ = {ec.eps_l2:g} (CG cap "
+        f"{ec.cg_iters}, tol {ec.cg_tol:g}; FGSM-10 step factor {ec.ifgsm_step_factor}) on "
+        f"{n} test images",
+        "",
+        *plots.markdown_table(heads, rows),
+        "",
+        f"wall {time.perf_counter() - tic:.0f}s",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv):
     del argv
     config = _CONFIG.value
     workdir = pathlib.Path(FLAGS.workdir)
+    if FLAGS.rows:
+        if FLAGS.eps_linf is not None:
+            config.evaluation.eps_linf = FLAGS.eps_linf
+        if FLAGS.eps_l2 is not None:
+            config.evaluation.eps_l2 = FLAGS.eps_l2
+        md = attack_rows(config, workdir, FLAGS.rows, FLAGS.num_samples)
+        out = pathlib.Path(FLAGS.out or workdir / "attack_rows")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "attack_rows.md").write_text(md)
+        print(md)
+        return
     out = pathlib.Path(FLAGS.out or workdir / f"attack_strength_{FLAGS.run}")
     out.mkdir(parents=True, exist_ok=True)
     tic = time.perf_counter()
