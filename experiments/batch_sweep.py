@@ -113,11 +113,65 @@ def _first(x, y, n):
     return (x, y) if n is None else (x[:n], y[:n])
 
 
+def _curvature_summary(records: list[dict]) -> dict:
+    """Means over seeds of one batch size's curvature records: per layer λ_max and trace, and
+    λ_max of the Hessian and the GGN on the same samples (their ratio: how much of the
+    sharpness the Gauss-Newton part carries)."""
+    mean = lambda vals: float(np.mean(vals))
+    layers = {}
+    for name in [row["layer"] for row in records[0]["layers"]]:
+        rows = [next(x for x in r["layers"] if x["layer"] == name) for r in records]
+        layers[name] = {
+            "lambda_max": mean([x["lambda_max"] for x in rows]),
+            "trace": mean([x["trace"] for x in rows]),
+            "num_params": rows[0]["num_params"],
+        }
+    out = {key: mean([r[key] for r in records]) for key in ("hessian_lambda_max", "ggn_lambda_max",
+                                                              "trace")}  # fmt: skip
+    out.update(layers=layers, samples=records[0]["samples"])
+    out["ggn_fraction"] = out["ggn_lambda_max"] / out["hessian_lambda_max"]
+    return out
+
+
+def _curvature_table(config, per: dict) -> list[str]:
+    """Lines of the per-layer table (one row per batch size), or none without curvature."""
+    rows = {b: row["curvature"] for b, row in per.items() if "curvature" in row}
+    if not rows:
+        return []
+    first = next(iter(rows.values()))
+    names = list(first["layers"])
+    head = ["Batch", *(f"{n} ({first['layers'][n]['num_params']:,})" for n in names)]
+    head += ["Σ layers tr", "λ_max H", "λ_max GGN", "GGN / H"]
+    body = [
+        [b]
+        + [f"{c['layers'][n]['lambda_max']:.3g} / {c['layers'][n]['trace']:.3g}" for n in names]
+        + [
+            f"{c['trace']:.4g}",
+            f"{c['hessian_lambda_max']:.4g}",
+            f"{c['ggn_lambda_max']:.4g}",
+            f"{c['ggn_fraction']:.3f}",
+        ]  # fmt: skip
+        for b, c in rows.items()
+    ]
+    return [
+        "",
+        f"## Per-layer curvature (train, first {first['samples']} samples)",
+        "",
+        "Each layer's Hessian block (that layer's parameters, the others fixed): λ_max / trace "
+        f"(Lanczos to tol {config.curvature.tol}, XTrace with {config.curvature.trace_matvecs} "
+        "matvecs; exact for layers with no more parameters). λ_max of the whole Hessian and of "
+        "the generalised Gauss-Newton matrix on the same samples; the layers' traces sum to tr H.",
+        "",
+        *plots.markdown_table(head, body),
+    ]
+
+
 class BatchSweep:
     """The batch-size sweep as a :class:`experiments.runner.Study`."""
 
     name = "batch_sweep"
-    extensible = ("batch_sizes", "num_seeds")
+    # curvature: analyses beyond the paper, added to existing workdirs without retraining
+    extensible = ("batch_sizes", "num_seeds", "curvature")
 
     # -- config ----------------------------------------------------------------------------------
 
@@ -155,6 +209,12 @@ class BatchSweep:
                 errors.append(f"augment=True crops and flips CIFAR images, not {config.dataset}")
         if not lc.t_min < lc.t_max or lc.num_points < 2 or lc.grid < 2:
             errors.append("landscape needs t_min < t_max, num_points >= 2 and grid >= 2")
+        cc = config.curvature
+        errors += checks.positive("curvature.tol", cc.tol)
+        errors += checks.positive_int("curvature.max_matvecs", cc.max_matvecs)
+        errors += checks.positive_int("curvature.num_samples", cc.num_samples, optional=True)
+        if not checks.is_positive_int(cc.trace_matvecs) or cc.trace_matvecs < 4:
+            errors.append(f"curvature.trace_matvecs must be >= 4 (XTrace), got {cc.trace_matvecs}")
         return errors
 
     def sharded_sizes(self, config) -> list[tuple[str, int]]:
@@ -166,6 +226,7 @@ class BatchSweep:
         for what, n in (
             ("hessian", config.hessian.num_samples),
             ("track", config.track.num_samples),
+            ("curvature", config.curvature.num_samples or config.hessian.num_samples),
         ):
             sizes.append(
                 (
@@ -332,6 +393,8 @@ class BatchSweep:
                     "loss": surface.tolist(),
                 }  # [i][j]: t1=g[i], t2=g[j]
             out[split] = r
+            if split == "train" and config.curvature.enabled:
+                out["curvature"] = self.curvature(ctx, run, variables, x, y)
             inputs = (
                 f"‖∇ₓJ‖ {r['input_grad_norm']:.4g} λ_max^x {r['input_lambda_max']:.4g} "
                 if ic.enabled
@@ -342,6 +405,41 @@ class BatchSweep:
                 f"λ_max {r['lambda_max']:.4g} {inputs}"
                 f"FGSM {r['fgsm_eps1']:.3f}/{r['fgsm_eps2']:.3f}"
             )
+        return out
+
+    def curvature(self, ctx, run, variables, x, y) -> dict:
+        """Beyond the paper, on the first ``curvature.num_samples`` training samples: λ_max and
+        the trace (XTrace) of every layer's Hessian block, and λ_max of the Hessian and of the
+        generalised Gauss-Newton matrix (Lanczos k=1)."""
+        config, mesh, apply_fn = ctx.config, ctx.mesh, ctx.model.apply
+        cc, params = config.curvature, variables["params"]
+        xc, yc = _first(x, y, cc.num_samples or config.hessian.num_samples)
+        batch = min(config.hessian.batch_size, len(yc))
+        loss_fn = hessjax.make_loss_fn(apply_fn, variables)
+        key = jax.random.fold_in(jax.random.key(run.settings["seed"]), 100)
+        solve = dict(k=1, tol=cc.tol, max_matvecs=cc.max_matvecs)
+        out = {"samples": len(yc)}
+        with ctx.phase(f"train: per-layer Hessian blocks on {len(yc)} samples"):
+            rows = hessjax.layer_curvature(
+                loss_fn, params, (xc, yc), batch_size=batch, key=key,
+                trace_matvecs=cc.trace_matvecs, mesh=mesh, **solve,
+            )  # fmt: skip
+            out["layers"] = [r.as_dict() for r in rows]
+        with ctx.phase(f"train: λ_max of the Hessian and the GGN on {len(yc)} samples"):
+            for name, op in (
+                ("hessian", hessjax.hessian_operator(loss_fn, params, (xc, yc), batch_size=batch,
+                                                     mesh=mesh)),
+                ("ggn", hessjax.gauss_newton_operator(apply_fn, variables, (xc, yc),
+                                                      batch_size=batch, mesh=mesh)),
+            ):  # fmt: skip
+                eig = hessjax.eigenvalues(op, params, key=jax.random.fold_in(key, 1), **solve)
+                out[f"{name}_lambda_max"] = float(eig.values[0])
+                out[f"{name}_converged"] = bool(eig.converged)
+        out["trace"] = float(sum(r.trace for r in rows))
+        ctx.log(
+            f"  curvature: λ_max H {out['hessian_lambda_max']:.4g}, GGN {out['ggn_lambda_max']:.4g}"
+            f"; layers' λ_max {', '.join(f'{r.layer} {r.lambda_max:.3g}' for r in rows)}"
+        )
         return out
 
     # -- summary, table, figures -------------------------------------------------------------------
@@ -363,6 +461,9 @@ class BatchSweep:
                 for key, _, _ in columns(config):
                     vals = np.array([r[split][key] for r in done], float)
                     row[f"{split}_{key}"] = {"mean": float(vals.mean()), "std": float(vals.std())}
+            curv = [r["curvature"] for r in done if "curvature" in r]
+            if curv:
+                row["curvature"] = _curvature_summary(curv)
             summary[str(b)] = row
         bs = [int(b) for b in summary]
         rho = {
@@ -401,6 +502,7 @@ class BatchSweep:
             "",
             f"Spearman ρ(λ_max^θ, batch size): train {rho['train']:.3f}, test {rho['test']:.3f}",
         ]
+        lines += _curvature_table(config, per)
         return "\n".join(lines) + "\n"
 
     def figures(self, config, results: dict, folder: pathlib.Path) -> list[pathlib.Path]:
@@ -455,6 +557,9 @@ class BatchSweep:
         tracked = [(b, [h for h in r.get("history", []) if "lambda_max" in h]) for b, r in runs]
         if max((len(h) for _, h in tracked), default=0) >= 2:
             paths.append(self._training_figure(config, tracked, colors, folder, plt))
+        per = results["summary"]["per_batch_size"]
+        if any("curvature" in row for row in per.values()):
+            paths.append(plots.layer_curvature_figure(config, per, folder / "fig_layers.png"))
         return paths
 
     def _landscape_2d_figure(self, config, runs, folder, plt) -> pathlib.Path:

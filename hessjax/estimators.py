@@ -1,20 +1,22 @@
 """Trace and diagonal of a symmetric operator from a budget of matvecs, with error estimates.
 
 Same calling convention as :func:`hessjax.trace`: ``(matvec, params, *, num_matvecs, key)``;
-``num_matvecs`` is the exact number of matvecs spent. Probes are Rademacher vectors ``ω``
-(``E ωωᵀ = I``). ``A`` is ``n × n`` with ``n`` the size of the raveled ``params``.
+``num_matvecs`` is the exact number of matvecs spent. Probes ``ω`` have ``E ωωᵀ = I``:
+Rademacher, except XTrace's Gaussian ones. ``A`` is ``n × n``, ``n`` the size of the raveled
+``params``.
 
 * :func:`hutchinson`: ``(1/m) Σᵢ ωᵢᵀAωᵢ`` (as :func:`hessjax.trace`, plus its standard error).
 * :func:`hutchpp`: Hutch++ (Meyer, Musco, Musco & Woodruff 2021): ``Q = orth(A S)`` from
   ``m/3`` probes, ``tr(QᵀAQ)`` exactly, plus Hutchinson on the deflated
   ``(I − QQᵀ)A(I − QQᵀ)`` with the remaining probes. Error: the standard error of that
   Hutchinson part (the low-rank part is exact).
-* :func:`xtrace`: XTrace (Epperly, Tropp & Webber 2024), the exchangeable Hutch++: ``m/2`` probes
-  ``Ω``, ``Y = AΩ = QR``, ``Z = AQ``; for each ``i``, ``Q₍ᵢ₎`` spans ``AΩ`` without column ``i``
-  (``Q(I − sᵢsᵢᵀ)`` with ``sᵢ`` the unit ``i``-th column of ``R⁻ᵀ``), and
-  ``tᵢ = tr(Q₍ᵢ₎ᵀAQ₍ᵢ₎) + ωᵢᵀ(I − P₍ᵢ₎)A(I − P₍ᵢ₎)ωᵢ`` is unbiased (``ωᵢ`` is independent of
-  ``P₍ᵢ₎``); the estimate is ``mean tᵢ``, its error ``std(tᵢ)/√(m/2)``. Everything after the
-  ``m`` matvecs is ``(m/2) × (m/2)`` algebra.
+* :func:`xtrace`: XTrace (Epperly, Tropp & Webber 2024), the exchangeable Hutch++: ``k = m/2``
+  Gaussian probes ``Ω``, ``Y = AΩ = QR``, ``Z = AQ``; for each ``i``, ``Q₍ᵢ₎`` spans ``AΩ``
+  without column ``i`` (``Q(I − sᵢsᵢᵀ)`` with ``sᵢ`` the unit ``i``-th column of ``R⁻ᵀ``), and
+  ``tᵢ = tr(Q₍ᵢ₎ᵀAQ₍ᵢ₎) + γᵢ ωᵢᵀ(I − P₍ᵢ₎)A(I − P₍ᵢ₎)ωᵢ`` is unbiased (``ωᵢ`` is independent of
+  ``P₍ᵢ₎``), with the resphering factor ``γᵢ = (n − k + 1)/‖(I − P₍ᵢ₎)ωᵢ‖²`` (Epperly 2025); the
+  estimate is ``mean tᵢ``, its error ``std(tᵢ)/√k``. After the ``m`` matvecs everything is
+  ``k × k`` algebra plus a few ``(k, n)`` products.
 * :func:`diagonal`: ``diag(A)``: ``method="hutchinson"`` (Bekas, Kokiopoulou & Saad 2007):
   ``mean ωᵢ ⊙ Aωᵢ``; ``method="xdiag"`` (Epperly et al. 2024): with ``Q₍ᵢ₎`` as in XTrace,
   ``dᵢ = diag(P₍ᵢ₎A) + ωᵢ ⊙ (I − P₍ᵢ₎)Aωᵢ``, estimate ``mean dᵢ``, error ``std(dᵢ)/√(m/2)``
@@ -116,6 +118,8 @@ def _probes(key, *, method, num_matvecs, n, dtype):
         k = num_matvecs // 3
         g = jax.random.rademacher(jax.random.fold_in(key, 1), (num_matvecs - 2 * k, n), dtype)
         return jax.random.rademacher(key, (k, n), dtype), g
+    if method == "xtrace":  # rotation-invariant probes: the residual term is resphered
+        return jax.random.normal(key, (num_matvecs // 2, n), dtype), None
     return jax.random.rademacher(key, (num_matvecs // 2, n), dtype), None
 
 
@@ -163,7 +167,12 @@ def _xtrace(probes, y, z, q, r):
     shs, c = col(s, hs), col(s, w)
     # ωᵢ − P₍ᵢ₎ωᵢ = (I − QQᵀ)ωᵢ + cᵢQsᵢ, expanded with Aωᵢ = yᵢ, AQ = Z:
     residual = d - 2 * col(t, w) + col(w, hw) + 2 * c * (col(t, s) - col(w, hs)) + c**2 * shs
-    return jnp.trace(h) - shs + residual
+    # Resphering (Epperly 2025; matfree's default): the Gaussian ωᵢ projected on the residual
+    # space (dimension n − k + 1) is rescaled to squared norm n − k + 1 (still unbiased).
+    n, k = probes.shape[1], probes.shape[0]
+    projected = jnp.sum(probes**2, axis=1) - (col(w, w) - c**2)  # ‖(I − P₍ᵢ₎)ωᵢ‖²
+    scale = (n - k + 1) / jnp.where(projected > 0, projected, 1)
+    return jnp.trace(h) - shs + scale * residual
 
 
 def _xdiag(probes, y, z, q, r):

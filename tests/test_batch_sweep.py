@@ -96,13 +96,23 @@ def test_smoke_sweep_end_to_end_and_resume(data_dir, tmp_path, monkeypatch, forb
     assert results["summary"] == saved["summary"]
 
     table = (workdir / "table.md").read_text()
-    rows = [line for line in table.splitlines() if line.startswith("| ") and "Batch" not in line]
+    table_1 = table.split("## Per-layer curvature")[0]
+    rows = [line for line in table_1.splitlines() if line.startswith("| ") and "Batch" not in line]
     assert [row.split("|")[1].strip() for row in rows] == ["32", "128"]
     assert "λ_max^θ" in table and "FGSM ε₁" in table and "Spearman" in table
     assert "Budget hit before the target: bs32_seed0, bs128_seed0." in table
     for name in ("fig1_spectrum", "fig2_landscape_1d", "fig3_landscape_2d"):
         png = workdir / "figures" / f"{name}.png"
         assert png.exists() and png.stat().st_size > 1000
+    # Beyond the paper: per-layer blocks (traces summing to tr H) and λ_max of the GGN.
+    for run in saved["runs"].values():
+        curv = run["curvature"]
+        assert [r["layer"] for r in curv["layers"]] == ["Conv_0", "Conv_1", "Dense_0", "Dense_1"]
+        assert curv["trace"] == pytest.approx(sum(r["trace"] for r in curv["layers"]))
+        assert all(r["lambda_max"] <= curv["hessian_lambda_max"] * 1.05 for r in curv["layers"])
+        assert curv["ggn_lambda_max"] > 0 and curv["samples"] == config.hessian.num_samples
+    assert "## Per-layer curvature" in table and "λ_max GGN" in table
+    assert (workdir / "figures" / "fig_layers.png").stat().st_size > 1000
     # One epoch per run: a training-curve figure would show one point per line.
     assert not (workdir / "figures" / "fig4_training.png").exists()
     assert json.loads((workdir / "config.json").read_text())["name"] == "m1_smoke"
