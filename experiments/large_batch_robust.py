@@ -270,10 +270,11 @@ class LargeBatchRobust:
         methods = list(config.methods)
 
         def cell(r):
-            if not r or "test_accuracy" not in r:
-                return "–"
+            diverged = bool(r) and r.get("status") == "diverged"
+            if not r or "test_accuracy" not in r:  # the runner does not analyse diverged runs
+                return "diverged" if diverged else "–"
             acc = f"{r['test_accuracy']:.4f}"
-            return f"diverged ({acc})" if r.get("status") == "diverged" else acc
+            return f"diverged ({acc})" if diverged else acc
 
         rows = []
         for b in config.batch_sizes:
@@ -335,14 +336,18 @@ class LargeBatchRobust:
         for i, m in enumerate(methods):
             rs = [runs.get(run_name(m, b), {}) for b in bs]
             pos = np.arange(len(bs)) + (i - (len(methods) - 1) / 2) * width
-            bars = ax.bar(pos, [r.get("test_accuracy", np.nan) for r in rs], width)
+            # a diverged run without an accuracy (not analysed) is drawn as an empty bar
+            heights = [
+                r.get("test_accuracy", 0.0 if r.get("status") == "diverged" else np.nan) for r in rs
+            ]
+            bars = ax.bar(pos, heights, width)
             handles.append(Patch(facecolor=bars.patches[0].get_facecolor(), label=TITLES[m]))
             for bar, r in zip(bars, rs, strict=True):
                 if r.get("status") == "diverged":
                     bar.set_hatch("//")
                     ax.annotate(
                         "diverged",
-                        (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        (bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.01),
                         ha="center",
                         va="bottom",
                         fontsize=7,

@@ -165,6 +165,11 @@ def test_table8_diverged_runs_are_shown_as_diverged():
     table = TABLE8.table(config, results)
     row = [line for line in table.splitlines() if "| 64 |" in line][0]
     assert "0.5000" in row and "diverged (0.1000)" in row and "–" in row
+    # the runner records a diverged run without analysing it: no accuracy, still "diverged"
+    del results["runs"]["fb_bs64"]["test_accuracy"]
+    row = [line for line in TABLE8.table(config, results).splitlines() if "| 64 |" in line][0]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells == ["64", "0.5000", "diverged", "–", "4"]
 
 
 def test_attack_step_rule_and_cg_tolerance_reach_the_adversaries():
