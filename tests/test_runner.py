@@ -65,6 +65,16 @@ def test_experiment_scripts_run_as_the_readme_calls_them(script, tmp_path):
     assert "--config" in out.stdout and "--workdir" in out.stdout
 
 
+def test_a_bad_multi_process_start_is_one_message_before_any_work(tmp_path):
+    workdir = tmp_path / "w"
+    flags = ("--coordinator_address=127.0.0.1:1", "--num_processes=2", "--process_id=1")
+    env = {"HESSJAX_DATA_DIR": str(tmp_path / "unused")}
+    out = _run_script("batch_sweep", f"--workdir={workdir}", *flags[:2], cwd=tmp_path, env=env)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert "needs num_processes and process_id" in out.stderr
+    assert not workdir.exists()
+
+
 def test_no_study_imports_another_and_the_runner_imports_none():
     studies = [p.stem for p in (REPO / "experiments").glob("*.py") if "STUDY = " in p.read_text()]
     assert sorted(studies) == sorted(SCRIPTS)
