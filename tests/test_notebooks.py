@@ -27,7 +27,12 @@ from conftest import REPO, shared_data_dir
 
 NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = sorted(p.stem for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.py"))
-NEEDS_DATA = {"02_large_batch_sharpness", "03_input_hessian_and_attacks", "04_robust_training"}
+NEEDS_DATA = {
+    "02_large_batch_sharpness",
+    "03_input_hessian_and_attacks",
+    "04_robust_training",
+    "05_curvature_toolkit",
+}
 CELL_TIMEOUT_S = 600
 
 
