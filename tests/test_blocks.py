@@ -103,7 +103,7 @@ def test_selector_matching_nothing_lists_the_paths():
     np.testing.assert_array_equal(merged["Dense_0"]["kernel"], params["Dense_0"]["kernel"])
 
 
-@pytest.mark.parametrize("case", ["cnn_bn", pytest.param("resnet", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("case", ["cnn_bn"])  # ResNet blocks: test_block_is_the_sub_block...
 def test_layer_traces_sum_to_the_full_trace(case):
     loss_fn, params, data = _setup(case, n=8)
     dense = np.asarray(_dense(loss_fn, params, data))
