@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import pathlib
 import subprocess
@@ -46,14 +47,14 @@ from jax.sharding import Mesh
 
 from experiments import checks
 from hessjax import data as hdata
-from hessjax import distributed
+from hessjax import distributed, linearized
 from hessjax import models as hmodels
 from hessjax import train as htrain
 
 RESULTS = "results.json"
 RECORD = "record.json"
 #: Fields that may change between invocations on one workdir for every study.
-ALWAYS_EXTENSIBLE = ("data_dir",)
+ALWAYS_EXTENSIBLE = ("data_dir", "memory_budget_mb")
 
 
 class ConfigError(ValueError):
@@ -418,35 +419,46 @@ def run(study: Study, config, workdir: str | os.PathLike | None = None, analyze_
     )
     runs_by_name = {r.name: r for r in all_runs}
     needed = {name for r in all_runs for name in r.needs}
+    budget_mb = config.get("memory_budget_mb")
+    budget = linearized.memory_budget_scope(None if budget_mb is None else budget_mb * 2**20)
     dependencies: dict[str, Any] = {}  # kept in memory only for the runs others start from
-    for i, item in enumerate(pending, 1):
-        ctx = Context(
-            study, config, workdir, mesh, data, analyze_only, progress, runs_by_name, dependencies
-        )
-        verb = "restoring" if analyze_only else "training"
-        progress.log(f"[{i}/{len(pending)}] {item.name}: {verb}{progress.eta()}")
-        tic = time.perf_counter()
-        try:
-            with ctx.phase("training" if not analyze_only else "restoring"):
-                variables, trained = study.train(ctx, item)
-        except MissingCheckpoint as e:
-            progress.log(f"  skipped: {e}")
+    with budget, _library_log(progress):
+        for i, item in enumerate(pending, 1):
+            ctx = Context(
+                study,
+                config,
+                workdir,
+                mesh,
+                data,
+                analyze_only,
+                progress,
+                runs_by_name,
+                dependencies,
+            )
+            verb = "restoring" if analyze_only else "training"
+            progress.log(f"[{i}/{len(pending)}] {item.name}: {verb}{progress.eta()}")
+            tic = time.perf_counter()
+            try:
+                with ctx.phase("training" if not analyze_only else "restoring"):
+                    variables, trained = study.train(ctx, item)
+            except MissingCheckpoint as e:
+                progress.log(f"  skipped: {e}")
+                progress.run_seconds.append(time.perf_counter() - tic)
+                continue
+            if item.name in needed:
+                dependencies[item.name] = variables
+            record = dict(done.get(item.name, {}), **trained)
+            if record.get("status") == "diverged":
+                progress.log(f"  {item.name} diverged; recorded, not analysed")
+            else:
+                record.update(study.analyze(ctx, item, variables))
+            record["seconds"] = dict(record.get("seconds", {}), **ctx.timings)
+            write_json(ctx.run_dir(item.name) / RECORD, record)
+            done[item.name] = record
+            results["summary"] = study.summarize(config, done)
+            write_json(workdir / RESULTS, results)
             progress.run_seconds.append(time.perf_counter() - tic)
-            continue
-        if item.name in needed:
-            dependencies[item.name] = variables
-        record = dict(done.get(item.name, {}), **trained)
-        if record.get("status") == "diverged":
-            progress.log(f"  {item.name} diverged; recorded, not analysed")
-        else:
-            record.update(study.analyze(ctx, item, variables))
-        record["seconds"] = dict(record.get("seconds", {}), **ctx.timings)
-        write_json(ctx.run_dir(item.name) / RECORD, record)
-        done[item.name] = record
-        results["summary"] = study.summarize(config, done)
-        write_json(workdir / RESULTS, results)
-        progress.run_seconds.append(time.perf_counter() - tic)
-        progress.log(f"  {item.name} finished in {_clock(progress.run_seconds[-1])}")
+            progress.log(f"  {item.name} finished in {_clock(progress.run_seconds[-1])}")
     results["runs"] = {r.name: done[r.name] for r in all_runs if r.name in done}
     results["summary"] = study.summarize(config, results["runs"])
     write_json(workdir / RESULTS, results)
@@ -459,6 +471,28 @@ def run(study: Study, config, workdir: str | os.PathLike | None = None, analyze_
 
 
 # ----------------------------------------------------------------------------- command line
+
+
+@contextlib.contextmanager
+def _library_log(progress: Progress) -> Iterator[None]:
+    """The library's INFO lines (logger ``"hessjax"``: e.g. which Hessian operator it chose) as
+    progress lines while a study runs."""
+    logger = logging.getLogger("hessjax")
+
+    class ToProgress(logging.Handler):
+        def emit(self, record):
+            progress.log(f"  [hessjax] {record.getMessage()}")
+
+    handler, level, propagate = ToProgress(logging.INFO), logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # not twice (absl's handler on the root logger)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 def _env_int(name: str) -> int | None:

@@ -289,7 +289,7 @@ def eigenvalues(
         max_matvecs = min(max_matvecs, n)
     options = dict(k=k, method=method, tol=float(tol), max_matvecs=max_matvecs)
     with lanczos.explain_nonfinite(matvec):
-        if loops.host_loops() and not loops.is_traced((matvec, params, key)):
+        if loops.solver_on_host((matvec, params, key), "hessjax.eigenvalues"):
             return _eigenvalues_impl(matvec, params, key, **options, host=True)[0]
         result, bad = _eigenvalues_compiled(_as_partial(matvec), params, key, **options)
         lanczos.raise_if_bad(bad, _solver_name(method), result.num_matvecs)

@@ -16,8 +16,11 @@ a different order of operations).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
+import logging
 from typing import Any
 
 import jax
@@ -150,4 +153,85 @@ def linearize_batches(op, per_batch, *, max_bytes: int | None = None) -> Lineari
     return LinearizedHessianOperator(stacked, tail, num_full, batch_size, tail_size, op.num_samples)
 
 
-__all__ = ["LinearizedHessianOperator", "linearization_bytes", "linearize", "linearize_batches"]
+# ----------------------------------------------------------------------------- the default choice
+
+#: Share of the device's free memory the cached residuals may take by default.
+MEMORY_FRACTION = 0.25
+
+_budget: contextvars.ContextVar[int | None] = contextvars.ContextVar("hessjax_budget", default=None)
+log = logging.getLogger("hessjax")
+
+
+def free_memory_bytes(device: jax.Device | None = None) -> int | None:
+    """Free memory of ``device`` (default: the first): an accelerator's ``bytes_limit -
+    bytes_in_use``, the host's ``MemAvailable`` for CPU devices; None when unknown."""
+    device = device or jax.devices()[0]
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def memory_budget() -> int:
+    """Bytes cached residuals may take: the innermost :func:`memory_budget_scope`, else
+    :data:`MEMORY_FRACTION` of :func:`free_memory_bytes` (0 when that is unknown)."""
+    scoped = _budget.get()
+    if scoped is not None:
+        return scoped
+    free = free_memory_bytes()
+    return 0 if free is None else int(MEMORY_FRACTION * free)
+
+
+@contextlib.contextmanager
+def memory_budget_scope(num_bytes: int | None):
+    """``with memory_budget_scope(2**30): ...``: operators built inside default to this budget
+    (None: back to the fraction of free memory). The experiments' ``memory_budget_mb`` field."""
+    token = _budget.set(None if num_bytes is None else int(num_bytes))
+    try:
+        yield
+    finally:
+        _budget.reset(token)
+
+
+def attach(op: HessianOperator, *, required: bool = False, budget: int | None = None):
+    """``op`` with its linearisation cached in ``op.linear`` when the residuals fit ``budget``
+    bytes (None: :func:`memory_budget`); else ``op`` unchanged, or with ``required`` a ValueError
+    naming the fix. Logs the choice at INFO on the ``"hessjax"`` logger."""
+    budget = memory_budget() if budget is None else int(budget)
+    need = linearization_bytes(op)
+    mib = lambda b: f"{b / 2**20:.0f} MiB"
+    if need > budget:
+        if required:
+            linearize(op, max_bytes=budget)  # raises, naming the fix
+        log.info(
+            "Hessian operator: plain HVPs (a cached linearisation needs %s, over the %s budget)",
+            mib(need),
+            mib(budget),
+        )
+        return op
+    log.info(
+        "Hessian operator: linearised (%s of residuals, within the %s budget)",
+        mib(need),
+        mib(budget),
+    )
+    return dataclasses.replace(op, linear=linearize(op))
+
+
+__all__ = [
+    "LinearizedHessianOperator",
+    "MEMORY_FRACTION",
+    "attach",
+    "free_memory_bytes",
+    "linearization_bytes",
+    "linearize",
+    "linearize_batches",
+    "memory_budget",
+    "memory_budget_scope",
+]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,30 @@ def host_loops() -> bool:
     if flag is not None:
         return flag not in ("0", "false", "False", "")
     return jax.default_backend() == "cpu"
+
+
+class CompiledLoopWarning(UserWarning):
+    """A solver called under ``jax.jit`` on CPU runs as one compiled loop (several times slower
+    there; see the module docstring)."""
+
+
+def solver_on_host(tree: Any, solver: str) -> bool:
+    """Whether ``solver`` on the arguments ``tree`` loops in Python: :func:`host_loops` and not
+    under a transformation. Under ``jit`` on CPU it cannot, and a :class:`CompiledLoopWarning`
+    says so and how to avoid it (call the solver outside ``jit``: the operator is compiled anyway).
+    """
+    if not host_loops():
+        return False
+    if is_traced(tree):
+        warnings.warn(
+            f"{solver} is called under jax.jit on CPU, so its loop runs inside XLA, where "
+            "convolutions run several times slower (jax-ml/jax#12868; measured 5-6x for M1). Call "
+            "it outside jit: the operator's matvec is compiled anyway",
+            CompiledLoopWarning,
+            stacklevel=3,
+        )
+        return False
+    return True
 
 
 def is_traced(tree: Any) -> bool:

@@ -82,7 +82,7 @@ def trace_samples(matvec: Callable, params: Any, *, num_samples: int, key: jax.A
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     with lanczos.explain_nonfinite(matvec):
-        if loops.host_loops() and not loops.is_traced((matvec, params, key)):
+        if loops.solver_on_host((matvec, params, key), "hessjax.trace"):
             return _trace_samples_impl(matvec, params, key, num_samples=num_samples, host=True)[0]
         samples, bad, count = _trace_samples_compiled(
             _as_partial(matvec), params, key, num_samples=num_samples
@@ -147,7 +147,7 @@ def spectral_quadrature(
         raise ValueError(f"num_runs must be >= 1, got {num_runs}")
     options = dict(num_steps=num_steps, num_runs=num_runs)
     with lanczos.explain_nonfinite(matvec):
-        if loops.host_loops() and not loops.is_traced((matvec, params, key)):
+        if loops.solver_on_host((matvec, params, key), "hessjax.density"):
             return _quadrature_impl(matvec, params, key, **options, host=True)[0]
         quad, bad, count = _quadrature_compiled(_as_partial(matvec), params, key, **options)
         lanczos.raise_if_bad(bad, _DENSITY, count)

@@ -8,6 +8,7 @@ from jax.flatten_util import ravel_pytree
 from nets import MLP, SmallCNN, init_with_random_bn, random_data
 
 import hessjax
+from hessjax.loops import CompiledLoopWarning
 
 CASES = {"mlp": (MLP((7, 6, 3), act=jnp.tanh), (5,)), "cnn_bn": (SmallCNN(), (6, 6, 2))}
 
@@ -187,3 +188,17 @@ def test_host_and_compiled_loops_give_the_same_quadrature(monkeypatch):
         )
     np.testing.assert_allclose(out["0"].nodes, out["1"].nodes, rtol=1e-9, atol=1e-10)
     np.testing.assert_allclose(out["0"].weights, out["1"].weights, rtol=1e-7, atol=1e-10)
+
+
+def test_solvers_under_jit_on_cpu_warn_and_agree(monkeypatch):
+    """Under jit the loop cannot run in Python: a CompiledLoopWarning names the fix, and the
+    compiled loop gives the host loop's value (the lax-loop equality of every solver is tested
+    with the loop_mode parameter)."""
+    monkeypatch.setenv("HESSJAX_HOST_LOOPS", "1")  # the CPU default, whatever the backend
+    loss_fn, params, data, _ = _problem("mlp", 0)
+    op = hessjax.hessian_operator(loss_fn, params, data, batch_size=10)
+    key = jax.random.key(0)
+    outside = hessjax.trace(op, params, num_samples=3, key=key)
+    with pytest.warns(CompiledLoopWarning, match="hessjax.trace is called under jax.jit on CPU"):
+        inside = jax.jit(lambda o: hessjax.trace(o, params, num_samples=3, key=key))(op)
+    np.testing.assert_allclose(inside, outside, rtol=1e-10)

@@ -1,5 +1,6 @@
 """hvp and hessian_operator against dense jax.hessian of the raveled parameters."""
 
+import logging
 import textwrap
 
 import chex
@@ -104,11 +105,35 @@ def test_linearized_operator_compiles_once_and_checks_memory():
     for seed in range(1, 4):  # repeated matvecs reuse the compiled pieces
         lop(_random_like(params, seed))
     assert (batching._add_one._cache_size(), batching._all_batches._cache_size()) == sizes
-    op = hessjax.hessian_operator(loss_fn, params, data, batch_size=4)
+    op = hessjax.hessian_operator(loss_fn, params, data, batch_size=4, linearize=False)
     with pytest.raises(ValueError, match="MiB of residuals"):
         op.linearize(max_bytes=100)
     with pytest.raises(TypeError, match="HessianOperator"):
         linearized.linearize(lambda v: v)
+
+
+def test_default_operator_linearises_within_the_memory_budget(caplog):
+    loss_fn, params, data = _setup("cnn_bn", seed=0, n=11)
+    need = linearized.linearization_bytes(
+        hessjax.hessian_operator(loss_fn, params, data, batch_size=4, linearize=False)
+    )
+    v = _random_like(params, 1)
+    plain = hessjax.hessian_operator(loss_fn, params, data, batch_size=4, linearize=False)(v)
+    with caplog.at_level(logging.INFO, logger="hessjax"):
+        fits = hessjax.hessian_operator(loss_fn, params, data, batch_size=4, memory_budget=need)
+        over = hessjax.hessian_operator(loss_fn, params, data, batch_size=4, memory_budget=need - 1)
+    assert fits.is_linearized and not over.is_linearized
+    assert "linearised" in caplog.text and "over the" in caplog.text
+    for op in (fits, over):
+        np.testing.assert_allclose(ravel_pytree(op(v))[0], ravel_pytree(plain)[0], rtol=1e-10)
+    with linearized.memory_budget_scope(need - 1):  # the experiments' memory_budget_mb
+        assert not hessjax.hessian_operator(loss_fn, params, data, batch_size=4).is_linearized
+    with pytest.raises(ValueError, match="over max_bytes"):
+        hessjax.hessian_operator(
+            loss_fn, params, data, batch_size=4, linearize=True, memory_budget=need - 1
+        )
+    with pytest.raises(ValueError, match="linearize must be"):
+        hessjax.hessian_operator(loss_fn, params, data, batch_size=4, linearize="yes")
 
 
 def test_operator_compiles_once():

@@ -48,6 +48,9 @@ def study_config(
     c.train_limit = placeholder(int)  # None: the whole split
     c.test_limit = placeholder(int)
     c.eval_batch_size = 1000
+    # Bytes the Hessian operators' cached linearisations may take, in MiB (speed only; None:
+    # hessjax.linearized.MEMORY_FRACTION of the device's free memory).
+    c.memory_budget_mb = placeholder(int)
     for key, value in fields.items():
         c[key] = value
     return c
