@@ -306,7 +306,8 @@ class LargeBatchRobust:
             ),
             "",
             "Diverged: NaN/inf training loss or more than "
-            f"{config.divergence_factor}× the initial loss (accuracy of the diverged model).",
+            f"{config.divergence_factor}× the initial loss; training stops there and the "
+            "diverged model is not evaluated (the paper prints 0.1, chance).",
         ]
         memory = [r["memory"] for r in runs.values() if "memory" in r]
         if memory:
