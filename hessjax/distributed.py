@@ -153,7 +153,7 @@ def from_process_shards(local: Any, mesh: Mesh) -> Any:
     from hessjax._internal import batch_sharding
 
     check_mesh(mesh)
-    sizes = _all_processes(np.array([_rows(local)]))
+    sizes = all_processes(np.array([_rows(local)]))
     if len(set(sizes.tolist())) > 1:
         raise ValueError(
             f"every process must hold the same number of rows; got {sizes.tolist()} (process "
@@ -182,7 +182,7 @@ def _rows(tree: Any) -> int:
     return int(np.shape(jax.tree_util.tree_leaves(tree)[0])[0])
 
 
-def _all_processes(a: np.ndarray) -> np.ndarray:
+def all_processes(a: np.ndarray) -> np.ndarray:
     """``a`` of every process, stacked along axis 0 in process order (one small collective)."""
     if jax.process_count() == 1:
         return a
@@ -200,6 +200,7 @@ def barrier(name: str) -> None:
 
 
 __all__ = [
+    "all_processes",
     "barrier",
     "check_mesh",
     "from_process_shards",

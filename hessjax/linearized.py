@@ -29,7 +29,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 from jax.tree_util import Partial
 
-from hessjax import batching, loops, tree
+from hessjax import batching, distributed, loops, tree
 from hessjax.hessian import HessianOperator, _constrain_batch
 
 
@@ -163,9 +163,9 @@ log = logging.getLogger("hessjax")
 
 
 def free_memory_bytes(device: jax.Device | None = None) -> int | None:
-    """Free memory of ``device`` (default: the first): an accelerator's ``bytes_limit -
+    """Free memory of ``device`` (default: this process's first): an accelerator's ``bytes_limit -
     bytes_in_use``, the host's ``MemAvailable`` for CPU devices; None when unknown."""
-    device = device or jax.devices()[0]
+    device = device or jax.local_devices()[0]
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     if stats and "bytes_limit" in stats:
         return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
@@ -181,12 +181,14 @@ def free_memory_bytes(device: jax.Device | None = None) -> int | None:
 
 def memory_budget() -> int:
     """Bytes cached residuals may take: the innermost :func:`memory_budget_scope`, else
-    :data:`MEMORY_FRACTION` of :func:`free_memory_bytes` (0 when that is unknown)."""
+    :data:`MEMORY_FRACTION` of :func:`free_memory_bytes` (0 when that is unknown). With several
+    processes, the smallest over all of them, so that every process makes the same choice."""
     scoped = _budget.get()
     if scoped is not None:
         return scoped
     free = free_memory_bytes()
-    return 0 if free is None else int(MEMORY_FRACTION * free)
+    budget = 0 if free is None else int(MEMORY_FRACTION * free)
+    return int(distributed.all_processes(np.array([budget], np.int64)).min())
 
 
 @contextlib.contextmanager
