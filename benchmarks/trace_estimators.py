@@ -5,7 +5,7 @@ XTrace, side by side on the same operators and budget; median relative error ove
   ``--softmax-steps`` full-batch gradient steps): the trace is exact in closed form,
   ``tr H = (1/N) Σᵢ (1 − ‖pᵢ‖²)(‖xᵢ‖² + 1)`` (H = (1/N) Σᵢ (diag pᵢ − pᵢpᵢᵀ) ⊗ x̃ᵢx̃ᵢᵀ,
   x̃ = (x, 1));
-* M1's Hessian over the same images (M1 trained as ``benchmarks.common.train_m1``;
+* M1's Hessian over the first ``--m1-images`` images (M1 trained as ``benchmarks.common.train_m1``;
   ``op.linearize()``). No closed form: each estimate is compared with the mean of all *other*
   Hutch++ and XTrace estimates of the run (leave-one-out; every estimator is unbiased, and the
   reference's own noise only adds to every method's error). matfree is not run on M1 (its
@@ -42,6 +42,7 @@ def parse_args(argv=None):
     p.add_argument("--softmax-repeats", type=int, default=20)
     p.add_argument("--softmax-steps", type=int, default=0, help="0: at initialisation")
     p.add_argument("--m1-repeats", type=int, default=3)
+    p.add_argument("--m1-images", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=2000, help="samples per HVP batch")
     common.add_run_args(p, "trace_estimators", trains_m1=True)
     return p.parse_args(argv)
@@ -132,7 +133,7 @@ def main(argv=None):
                  f"exact trace {exact:.6g}, {args.softmax_repeats} seeds")]  # fmt: skip
     if args.m1_repeats:
         variables, info = common.trained_m1(args)
-        x, y = hessjax.data.load("mnist", "train", data_dir=args.data_dir, limit=args.images)
+        x, y = hessjax.data.load("mnist", "train", data_dir=args.data_dir, limit=args.m1_images)
         model = hessjax.models.get("m1")
         loss_fn = hessjax.make_loss_fn(model.apply, variables)
         m1 = hessjax.hessian_operator(
@@ -157,7 +158,7 @@ def main(argv=None):
             "errors": summarize(values, loo),
         }  # fmt: skip
         sem = results["m1"]["reference_sem"]
-        sections.append(("m1", f"M1 Hessian on {args.images} MNIST images ({info['recipe']}), "
+        sections.append(("m1", f"M1 Hessian on {args.m1_images} MNIST images ({info['recipe']}), "
                          f"reference trace {ref:.6g} ± {sem:.2g} (leave-one-out means of "
                          f"Hutch++/XTrace), {args.m1_repeats} seeds"))  # fmt: skip
     for key, title in sections:
