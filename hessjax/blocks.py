@@ -121,6 +121,8 @@ def block_operator(
     select: Selector,
     batch_size: int,
     mesh: Mesh | None = None,
+    linearize: bool | str = "auto",
+    memory_budget: int | None = None,
 ) -> HessianOperator:
     """The Hessian block ``H_SS`` of the data-set mean loss, as a matvec on the sub-params.
 
@@ -133,7 +135,15 @@ def block_operator(
     if mesh is not None:
         params = jax.device_put(params, replicated(mesh))
     block_loss, sub = restricted_loss(loss_fn, params, select)
-    return hessian_operator(block_loss, sub, data, batch_size=batch_size, mesh=mesh)
+    return hessian_operator(
+        block_loss,
+        sub,
+        data,
+        batch_size=batch_size,
+        mesh=mesh,
+        linearize=linearize,
+        memory_budget=memory_budget,
+    )
 
 
 def layer_names(params: Any) -> list[str]:

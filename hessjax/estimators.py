@@ -230,7 +230,7 @@ def _run(matvec, params, key, method, num_matvecs):
         raise ValueError(f"{method} needs num_matvecs >= {need}, got {num_matvecs}")
     options = dict(method=method, num_matvecs=num_matvecs)
     with lanczos.explain_nonfinite(matvec):
-        if loops.host_loops() and not loops.is_traced((matvec, params, key)):
+        if loops.solver_on_host((matvec, params, key), f"hessjax.estimators.{method}"):
             value, error, _, count = _impl(matvec, params, key, **options, host=True)
         else:
             value, error, bad, count = _compiled(as_partial(matvec), params, key, **options)

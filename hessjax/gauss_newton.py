@@ -153,7 +153,8 @@ def gauss_newton_operator(
         (BatchNorm in inference mode, as :func:`hessjax.make_loss_fn`).
       variables: ``{"params": θ, ...}``; ``C`` is taken w.r.t. ``variables["params"]``.
       data: ``(x, y)`` with integer labels, sharing the leading axis ``N``.
-      batch_size: samples per matvec evaluation (memory knob); an int or numpy integer.
+      batch_size: the most samples one matvec evaluation holds (a memory bound; on CPU batches
+        are at most 128 per device, see hessjax.batching.fast_batch_size); an int or numpy int.
       kind: ``"ggn"`` (default), ``"fisher"`` or ``"empirical_fisher"`` (module docstring).
       mesh: optional ``Mesh``: batches split over its devices, params replicated
         (``batch_size`` divisible by ``mesh.size``).
@@ -168,6 +169,8 @@ def gauss_newton_operator(
         raise ValueError("data must be (x, y): inputs and integer labels, one leading axis N")
     n = _check_data(data)
     batch_size = min(check_positive_int("batch_size", batch_size), n)
+    batching.check_mesh_divides(batch_size, mesh)
+    batch_size = batching.fast_batch_size(batch_size, mesh)  # a memory bound (as the Hessian's)
     params, state = split_variables(variables)
     model = Partial(_model_for(apply_fn), jax.tree_util.tree_map(jnp.asarray, state))
     full, tail = batching.device_batches(tuple(data), batch_size, mesh)
