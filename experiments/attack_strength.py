@@ -179,7 +179,7 @@ def table(result: dict, title: str) -> str:
 
 def attack_rows(config, workdir: pathlib.Path, names, n: int) -> str:
     """Table 3/4 rows of the robust study's runs ``names`` at ``config.evaluation``'s settings."""
-    from experiments import adversarial_training as at
+    at = importlib.import_module("experiments.adversarial_training")  # the study, by name
 
     ec = config.evaluation
     rows, tic = [], time.perf_counter()
