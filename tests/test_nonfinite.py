@@ -101,6 +101,7 @@ def test_finite_operator_is_unaffected(loop_mode):
 
 
 @pytest.mark.parametrize("solver", sorted(SOLVERS))
+@pytest.mark.filterwarnings("ignore::hessjax.loops.CompiledLoopWarning")  # jit on purpose
 def test_under_an_outer_jit_results_are_nan(solver):
     """Nothing can be raised while tracing: the loop still stops, the results are NaN. (Traced,
     every solver runs as one XLA program, whatever the loop mode.)"""
