@@ -1,9 +1,12 @@
 """hessjax.data: real files, file layouts built in tmp_path, tfds mock, errors, augmentation."""
 
 import gzip
+import os
+import pathlib
 import pickle
 import shutil
 import struct
+import subprocess
 import sys
 import tarfile
 
@@ -192,28 +195,49 @@ def test_corrupt_idx(tmp_path):
 
 
 @pytest.mark.slow
-def test_tfds_mock(monkeypatch):
-    tfds = pytest.importorskip("tensorflow_datasets")
-    monkeypatch.delenv(data.ENV_VAR, raising=False)
-    for name in ("mnist", "cifar10", "cifar100"):
-        with tfds.testing.mock_data(num_examples=6):
-            x, y = data.load(name, "train", None)
-            raw = tfds.as_numpy(tfds.load(name, split="train").batch(6)).__iter__().__next__()
-            x4, _ = data.load(name, "test", None, limit=4)  # the mock ignores "test[:4]"
-        pixels = raw["image"] / np.float32(255)
-        expected = {
-            "mnist": (pixels - np.float32(0.1307)) / np.float32(0.3081),
-            "cifar10": pixels,
-            "cifar100": (pixels - data.CIFAR100_MEAN) / data.CIFAR100_STD,
-        }[name]
-        assert x.shape == (6, *data.image_shape(name)) and x.dtype == np.float32
-        assert y.dtype == np.int32 and x4.shape == (4, *data.image_shape(name))
-        np.testing.assert_allclose(x, expected, rtol=1e-6, atol=1e-6)
-        np.testing.assert_array_equal(y, raw["label"])
-        lo, hi = data.input_range(name)
-        assert lo - 1e-6 <= x.min() and x.max() <= hi + 1e-6
-        if name == "mnist":  # random uint8 mock pixels nearly span the normalised range
-            assert x.min() < lo + 0.1 and x.max() > hi - 0.1
+def test_tfds_mock():
+    """The tfds path on tfds.testing.mock_data, for MNIST, CIFAR-10 and CIFAR-100. Run in a fresh
+    process: importing TensorFlow into a test worker that has run many JAX tests can crash it."""
+    pytest.importorskip("tensorflow_datasets")
+    env = {k: v for k, v in os.environ.items() if k != data.ENV_VAR}
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    env["PYTHONPATH"] = os.pathsep.join([str(repo), env.get("PYTHONPATH", "")])
+    out = subprocess.run(
+        [sys.executable, "-c", TFDS_MOCK_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0 and "TFDS_MOCK_OK" in out.stdout, out.stderr[-3000:]
+
+
+TFDS_MOCK_SCRIPT = """
+import numpy as np
+import tensorflow_datasets as tfds
+from hessjax import data
+
+for name in ("mnist", "cifar10", "cifar100"):
+    with tfds.testing.mock_data(num_examples=6):
+        x, y = data.load(name, "train", None)
+        raw = tfds.as_numpy(tfds.load(name, split="train").batch(6)).__iter__().__next__()
+        x4, _ = data.load(name, "test", None, limit=4)  # the mock ignores "test[:4]"
+    pixels = raw["image"] / np.float32(255)
+    expected = {
+        "mnist": (pixels - np.float32(0.1307)) / np.float32(0.3081),
+        "cifar10": pixels,
+        "cifar100": (pixels - data.CIFAR100_MEAN) / data.CIFAR100_STD,
+    }[name]
+    assert x.shape == (6, *data.image_shape(name)) and x.dtype == np.float32
+    assert y.dtype == np.int32 and x4.shape == (4, *data.image_shape(name))
+    np.testing.assert_allclose(x, expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(y, raw["label"])
+    lo, hi = data.input_range(name)
+    assert lo - 1e-6 <= x.min() and x.max() <= hi + 1e-6
+    if name == "mnist":  # random uint8 mock pixels nearly span the normalised range
+        assert x.min() < lo + 0.1 and x.max() > hi - 0.1
+print("TFDS_MOCK_OK")
+"""
 
 
 # ----------------------------------------------------------------------------- errors
