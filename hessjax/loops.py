@@ -37,14 +37,16 @@ class CompiledLoopWarning(UserWarning):
 
 def solver_on_host(tree: Any, solver: str) -> bool:
     """Whether ``solver`` on the arguments ``tree`` loops in Python: :func:`host_loops` and not
-    under a transformation. Under ``jit`` on CPU it cannot, and a :class:`CompiledLoopWarning`
-    says so and how to avoid it (call the solver outside ``jit``: the operator is compiled anyway).
+    under a transformation. Under ``jit`` (or ``vmap``) on CPU it cannot, and a
+    :class:`CompiledLoopWarning` says so and how to avoid it (call the solver outside ``jit``: the
+    operator is compiled anyway).
     """
     if not host_loops():
         return False
     if is_traced(tree):
         warnings.warn(
-            f"{solver} is called under jax.jit on CPU, so its loop runs inside XLA, where "
+            f"{solver} is called under a JAX transformation (jit, vmap) on CPU, so its loop runs "
+            "inside XLA, where "
             "convolutions run several times slower (jax-ml/jax#12868; measured 5-6x for M1). Call "
             "it outside jit: the operator's matvec is compiled anyway",
             CompiledLoopWarning,

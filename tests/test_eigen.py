@@ -199,6 +199,7 @@ def test_solvers_under_jit_on_cpu_warn_and_agree(monkeypatch):
     op = hessjax.hessian_operator(loss_fn, params, data, batch_size=10)
     key = jax.random.key(0)
     outside = hessjax.trace(op, params, num_samples=3, key=key)
-    with pytest.warns(CompiledLoopWarning, match="hessjax.trace is called under jax.jit on CPU"):
+    expected = "hessjax.trace is called under a JAX transformation"
+    with pytest.warns(CompiledLoopWarning, match=expected):
         inside = jax.jit(lambda o: hessjax.trace(o, params, num_samples=3, key=key))(op)
     np.testing.assert_allclose(inside, outside, rtol=1e-10)
