@@ -8,6 +8,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
+
+import hessjax
 
 F64 = dict(dtype=jnp.float64, param_dtype=jnp.float64)
 
@@ -81,3 +84,19 @@ def random_data(seed: int, n: int, shape: Sequence[int], num_classes: int):
     x = rng.normal(size=(n, *shape))
     y = rng.integers(0, num_classes, size=n).astype(np.int32)
     return x, y
+
+
+def loss_problem(model: nn.Module, shape: Sequence[int], seed: int, n: int):
+    """``(loss_fn, params, (x, y))``: ``model`` with random BN statistics on ``n`` random samples
+    of ``shape`` (3 classes), its mean loss from :func:`hessjax.make_loss_fn`."""
+    x, y = random_data(seed, n, shape, 3)
+    variables = init_with_random_bn(model, jax.random.key(seed), jnp.asarray(x[:1]))
+    return hessjax.make_loss_fn(model.apply, variables), variables["params"], (x, y)
+
+
+@jax.jit
+def dense_hessian(loss_fn, params, batch):
+    """Dense Hessian by jax.hessian (jacfwd of jacrev) of the raveled params; one compile per
+    model and data shape (loss_fn is a pytree argument, so seeds share it)."""
+    flat, unravel = ravel_pytree(params)
+    return jax.hessian(lambda f: loss_fn(unravel(f), batch))(flat)

@@ -7,7 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
-from nets import MLP, SmallCNN, TinyResNet, init_with_random_bn, random_data
+from nets import (
+    MLP,
+    SmallCNN,
+    TinyResNet,
+    dense_hessian,
+    loss_problem,
+)
 
 import hessjax
 from hessjax import blocks
@@ -20,17 +26,10 @@ CASES = {
 
 
 def _setup(case, seed=0, n=11):
-    model, shape = CASES[case]
-    x, y = random_data(seed, n, shape, 3)
-    variables = init_with_random_bn(model, jax.random.key(seed), jnp.asarray(x[:1]))
-    loss_fn = hessjax.make_loss_fn(model.apply, variables)
-    return loss_fn, variables["params"], (x, y)
+    return loss_problem(*CASES[case], seed, n)
 
 
-@jax.jit
-def _dense(loss_fn, params, batch):
-    flat, unravel = ravel_pytree(params)
-    return jax.hessian(lambda f: loss_fn(unravel(f), batch))(flat)
+_dense = dense_hessian
 
 
 def _indices(params, sub):

@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 from fake_devices import run_on_fake_devices
 from jax.flatten_util import ravel_pytree
-from nets import MLP, SmallCNN, TinyResNet, init_with_random_bn, random_data
+from nets import (
+    MLP,
+    SmallCNN,
+    TinyResNet,
+    dense_hessian,
+    init_with_random_bn,
+    loss_problem,
+    random_data,
+)
 
 import hessjax
 from hessjax import batching, linearized
@@ -24,19 +32,10 @@ CASES = {
 
 
 def _setup(case, seed, n=8):
-    model, shape = CASES[case]
-    x, y = random_data(seed, n, shape, 3)
-    variables = init_with_random_bn(model, jax.random.key(seed), jnp.asarray(x[:1]))
-    loss_fn = hessjax.make_loss_fn(model.apply, variables)
-    return loss_fn, variables["params"], (x, y)
+    return loss_problem(*CASES[case], seed, n)
 
 
-@jax.jit
-def _dense(loss_fn, params, batch):
-    """Dense Hessian by jax.hessian (jacfwd of jacrev) of the raveled params; one compile per
-    model and data shape (loss_fn is a pytree argument, so seeds share it)."""
-    flat, unravel = ravel_pytree(params)
-    return jax.hessian(lambda f: loss_fn(unravel(f), batch))(flat)
+_dense = dense_hessian
 
 
 def _random_like(params, seed):
