@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 import hessjax
-from experiments import checks, plots, runner
+from experiments import checks, curvature, plots, runner
 from hessjax import attacks, landscape, tree
 from hessjax import data as hdata
 from hessjax import models as hmodels
@@ -84,7 +84,7 @@ class AdversarialTraining:
     """The robust-training study as a :class:`experiments.runner.Study`."""
 
     name = "adversarial_training"
-    extensible = ()
+    extensible = ("curvature",)  # analyses beyond the paper, added with --analyze_only
 
     # -- config ----------------------------------------------------------------------------------
 
@@ -124,7 +124,7 @@ class AdversarialTraining:
             errors.append("hessian.num_subsets must be >= 1 and hessian.num_negative an int >= 0")
         if not (ic.alpha_min < ic.alpha_max and ic.num_points >= 2):
             errors.append("interpolation needs alpha_min < alpha_max and num_points >= 2")
-        return errors
+        return errors + curvature.config_errors(config.curvature)
 
     def sharded_sizes(self, config) -> list[tuple[str, int]]:
         m = (
@@ -179,6 +179,13 @@ class AdversarialTraining:
             record = self.evaluate_attacks(ctx, variables)
         with ctx.phase(f"Hessian spectra (top {config.hessian.k})"):
             record["hessian"] = self.hessian_analysis(ctx, variables)
+        if config.curvature.enabled:  # the same samples and key for every model
+            x, y = ctx.data["train"]
+            n = config.curvature.num_samples or config.hessian.num_samples or len(y)
+            key = jax.random.fold_in(jax.random.key(config.seed), 100)
+            record["curvature"] = curvature.measure(
+                ctx, variables, (x[:n], y[:n]), key, batch_size=config.hessian.batch_size
+            )
         if run.name != ORIGINAL:
             with ctx.phase("interpolation original → robust"):
                 record["interpolation"] = self.interpolation_analysis(ctx, variables)
@@ -396,7 +403,17 @@ class AdversarialTraining:
                 f"eigenvalue; {len(moving)} of them at a non-zero gradient (smallest ‖∇ℓ‖ "
                 f"{smallest:.3g}): curvature of both signs, and not a saddle point."
             )
+        lines += curvature.table_lines(config, self._curvature_rows(runs, names), "Training")
         return "\n".join(lines) + "\n"
+
+    @staticmethod
+    def _curvature_rows(runs: dict, names: list[str]) -> dict:
+        """``{display name: curvature.summary}`` of the models with a curvature record."""
+        return {
+            _display(n): curvature.summary([runs[n]["curvature"]])
+            for n in names
+            if "curvature" in runs[n]
+        }
 
     def figures(self, config, results: dict, folder: pathlib.Path) -> list[pathlib.Path]:
         """``spectra.png`` (Fig. 6/12) and ``interpolation.png`` (Fig. 5/10/11)."""
@@ -476,6 +493,10 @@ class AdversarialTraining:
             fig.suptitle(f"{config.name}: interpolation original → robust (Fig. 5)")
             fig.tight_layout()
             paths.append(plots.save(fig, folder / "interpolation.png"))
+        rows = self._curvature_rows(runs, names)
+        if rows:
+            path = folder / "fig_layers.png"
+            paths.append(curvature.figure(config, rows, path, xlabel="training"))
         return paths
 
 

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 import hessjax
-from experiments import checks, plots, runner
+from experiments import checks, curvature, plots, runner
 from hessjax import data as hdata
 from hessjax import landscape
 from hessjax import models as hmodels
@@ -113,59 +113,6 @@ def _first(x, y, n):
     return (x, y) if n is None else (x[:n], y[:n])
 
 
-def _curvature_summary(records: list[dict]) -> dict:
-    """Means over seeds of one batch size's curvature records: per layer λ_max and trace, and
-    λ_max of the Hessian and the GGN on the same samples (their ratio: how much of the
-    sharpness the Gauss-Newton part carries)."""
-    mean = lambda vals: float(np.mean(vals))
-    layers = {}
-    for name in [row["layer"] for row in records[0]["layers"]]:
-        rows = [next(x for x in r["layers"] if x["layer"] == name) for r in records]
-        layers[name] = {
-            "lambda_max": mean([x["lambda_max"] for x in rows]),
-            "trace": mean([x["trace"] for x in rows]),
-            "num_params": rows[0]["num_params"],
-        }
-    out = {key: mean([r[key] for r in records]) for key in ("hessian_lambda_max", "ggn_lambda_max",
-                                                              "trace")}  # fmt: skip
-    out.update(layers=layers, samples=records[0]["samples"])
-    out["ggn_fraction"] = out["ggn_lambda_max"] / out["hessian_lambda_max"]
-    return out
-
-
-def _curvature_table(config, per: dict) -> list[str]:
-    """Lines of the per-layer table (one row per batch size), or none without curvature."""
-    rows = {b: row["curvature"] for b, row in per.items() if "curvature" in row}
-    if not rows:
-        return []
-    first = next(iter(rows.values()))
-    names = list(first["layers"])
-    head = ["Batch", *(f"{n} ({first['layers'][n]['num_params']:,})" for n in names)]
-    head += ["Σ layers tr", "λ_max H", "λ_max GGN", "GGN / H"]
-    body = [
-        [b]
-        + [f"{c['layers'][n]['lambda_max']:.3g} / {c['layers'][n]['trace']:.3g}" for n in names]
-        + [
-            f"{c['trace']:.4g}",
-            f"{c['hessian_lambda_max']:.4g}",
-            f"{c['ggn_lambda_max']:.4g}",
-            f"{c['ggn_fraction']:.3f}",
-        ]  # fmt: skip
-        for b, c in rows.items()
-    ]
-    return [
-        "",
-        f"## Per-layer curvature (train, first {first['samples']} samples)",
-        "",
-        "Each layer's Hessian block (that layer's parameters, the others fixed): λ_max / trace "
-        f"(Lanczos to tol {config.curvature.tol}, XTrace with {config.curvature.trace_matvecs} "
-        "matvecs; exact for layers with no more parameters). λ_max of the whole Hessian and of "
-        "the generalised Gauss-Newton matrix on the same samples; the layers' traces sum to tr H.",
-        "",
-        *plots.markdown_table(head, body),
-    ]
-
-
 class BatchSweep:
     """The batch-size sweep as a :class:`experiments.runner.Study`."""
 
@@ -209,13 +156,7 @@ class BatchSweep:
                 errors.append(f"augment=True crops and flips CIFAR images, not {config.dataset}")
         if not lc.t_min < lc.t_max or lc.num_points < 2 or lc.grid < 2:
             errors.append("landscape needs t_min < t_max, num_points >= 2 and grid >= 2")
-        cc = config.curvature
-        errors += checks.positive("curvature.tol", cc.tol)
-        errors += checks.positive_int("curvature.max_matvecs", cc.max_matvecs)
-        errors += checks.positive_int("curvature.num_samples", cc.num_samples, optional=True)
-        if not checks.is_positive_int(cc.trace_matvecs) or cc.trace_matvecs < 4:
-            errors.append(f"curvature.trace_matvecs must be >= 4 (XTrace), got {cc.trace_matvecs}")
-        return errors
+        return errors + curvature.config_errors(config.curvature)
 
     def sharded_sizes(self, config) -> list[tuple[str, int]]:
         sizes = [
@@ -394,7 +335,11 @@ class BatchSweep:
                 }  # [i][j]: t1=g[i], t2=g[j]
             out[split] = r
             if split == "train" and config.curvature.enabled:
-                out["curvature"] = self.curvature(ctx, run, variables, x, y)
+                key = jax.random.fold_in(jax.random.key(run.settings["seed"]), 100)
+                data = _first(x, y, config.curvature.num_samples or hc.num_samples)
+                out["curvature"] = curvature.measure(
+                    ctx, variables, data, key, batch_size=hc.batch_size
+                )
             inputs = (
                 f"‖∇ₓJ‖ {r['input_grad_norm']:.4g} λ_max^x {r['input_lambda_max']:.4g} "
                 if ic.enabled
@@ -405,41 +350,6 @@ class BatchSweep:
                 f"λ_max {r['lambda_max']:.4g} {inputs}"
                 f"FGSM {r['fgsm_eps1']:.3f}/{r['fgsm_eps2']:.3f}"
             )
-        return out
-
-    def curvature(self, ctx, run, variables, x, y) -> dict:
-        """Beyond the paper, on the first ``curvature.num_samples`` training samples: λ_max and
-        the trace (XTrace) of every layer's Hessian block, and λ_max of the Hessian and of the
-        generalised Gauss-Newton matrix (Lanczos k=1)."""
-        config, mesh, apply_fn = ctx.config, ctx.mesh, ctx.model.apply
-        cc, params = config.curvature, variables["params"]
-        xc, yc = _first(x, y, cc.num_samples or config.hessian.num_samples)
-        batch = min(config.hessian.batch_size, len(yc))
-        loss_fn = hessjax.make_loss_fn(apply_fn, variables)
-        key = jax.random.fold_in(jax.random.key(run.settings["seed"]), 100)
-        solve = dict(k=1, tol=cc.tol, max_matvecs=cc.max_matvecs)
-        out = {"samples": len(yc)}
-        with ctx.phase(f"train: per-layer Hessian blocks on {len(yc)} samples"):
-            rows = hessjax.layer_curvature(
-                loss_fn, params, (xc, yc), batch_size=batch, key=key,
-                trace_matvecs=cc.trace_matvecs, mesh=mesh, **solve,
-            )  # fmt: skip
-            out["layers"] = [r.as_dict() for r in rows]
-        with ctx.phase(f"train: λ_max of the Hessian and the GGN on {len(yc)} samples"):
-            for name, op in (
-                ("hessian", hessjax.hessian_operator(loss_fn, params, (xc, yc), batch_size=batch,
-                                                     mesh=mesh)),
-                ("ggn", hessjax.gauss_newton_operator(apply_fn, variables, (xc, yc),
-                                                      batch_size=batch, mesh=mesh)),
-            ):  # fmt: skip
-                eig = hessjax.eigenvalues(op, params, key=jax.random.fold_in(key, 1), **solve)
-                out[f"{name}_lambda_max"] = float(eig.values[0])
-                out[f"{name}_converged"] = bool(eig.converged)
-        out["trace"] = float(sum(r.trace for r in rows))
-        ctx.log(
-            f"  curvature: λ_max H {out['hessian_lambda_max']:.4g}, GGN {out['ggn_lambda_max']:.4g}"
-            f"; layers' λ_max {', '.join(f'{r.layer} {r.lambda_max:.3g}' for r in rows)}"
-        )
         return out
 
     # -- summary, table, figures -------------------------------------------------------------------
@@ -463,7 +373,7 @@ class BatchSweep:
                     row[f"{split}_{key}"] = {"mean": float(vals.mean()), "std": float(vals.std())}
             curv = [r["curvature"] for r in done if "curvature" in r]
             if curv:
-                row["curvature"] = _curvature_summary(curv)
+                row["curvature"] = curvature.summary(curv)
             summary[str(b)] = row
         bs = [int(b) for b in summary]
         rho = {
@@ -502,7 +412,8 @@ class BatchSweep:
             "",
             f"Spearman ρ(λ_max^θ, batch size): train {rho['train']:.3f}, test {rho['test']:.3f}",
         ]
-        lines += _curvature_table(config, per)
+        rows = {b: row["curvature"] for b, row in per.items() if "curvature" in row}
+        lines += curvature.table_lines(config, rows, "Batch")
         return "\n".join(lines) + "\n"
 
     def figures(self, config, results: dict, folder: pathlib.Path) -> list[pathlib.Path]:
@@ -558,8 +469,10 @@ class BatchSweep:
         if max((len(h) for _, h in tracked), default=0) >= 2:
             paths.append(self._training_figure(config, tracked, colors, folder, plt))
         per = results["summary"]["per_batch_size"]
-        if any("curvature" in row for row in per.values()):
-            paths.append(plots.layer_curvature_figure(config, per, folder / "fig_layers.png"))
+        rows = {b: row["curvature"] for b, row in per.items() if "curvature" in row}
+        if rows:
+            path = folder / "fig_layers.png"
+            paths.append(curvature.figure(config, rows, path, xlabel="batch size"))
         return paths
 
     def _landscape_2d_figure(self, config, runs, folder, plt) -> pathlib.Path:

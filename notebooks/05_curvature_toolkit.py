@@ -58,8 +58,8 @@ SCALE = os.environ.get("HESSJAX_SCALE") or ("cpu" if jax.default_backend() == "c
 print(f"{SCALE} scale on {jax.devices()}")
 S = {  # training images / epochs, samples of the Hessian, top-k and tol, HVP budgets (per-layer
     # trace; trace-error plot), seeds per budget
-    "smoke": dict(train=512, epochs=1, hessian=64, k=2, tol=1e-2, layer_trace=8,
-                  budgets=[6, 12, 24], seeds=2),
+    "smoke": dict(train=256, epochs=1, hessian=32, k=2, tol=1e-2, layer_trace=6,
+                  budgets=[6, 12], seeds=2),
     "cpu": dict(train=4000, epochs=2, hessian=1000, k=5, tol=1e-3, layer_trace=30,
                 budgets=[15, 30, 60, 120], seeds=5),
     "paper": dict(train=20000, epochs=3, hessian=5000, k=10, tol=1e-3, layer_trace=30,

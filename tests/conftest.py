@@ -1,5 +1,6 @@
 """Test-wide settings: float64 for comparisons with dense truth, data directory discovery."""
 
+import gc
 import os
 import pathlib
 
@@ -91,3 +92,16 @@ def forbid_redo(monkeypatch):
         monkeypatch.setattr(study, "analyze", boom)
 
     return forbid
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop JAX's compiled programs and traces after each test module.
+
+    A pytest-xdist worker runs ~150 tests; without this its memory grew steadily to ~8 GB (jit
+    caches of every module's functions and the arrays their closures hold), and in CI two such
+    workers plus a 4-device subprocess crashed the workers. Modules share almost no compiled
+    functions, so clearing between modules costs little recompilation."""
+    yield
+    jax.clear_caches()
+    gc.collect()

@@ -177,6 +177,8 @@ def test_fig4_tracking_measures_the_trained_model(data_dir, tmp_path):
     config = _smoke(data_dir)
     config.batch_sizes = [64]
     config.num_epochs = 2
+    config.curvature.enabled = False  # tested above; only the tracking matters here
+    config.input_hessian.enabled = False
     config.track.tol = 1e-3
     config.track.max_matvecs = 30
     results = runner.run(STUDY, config, tmp_path / "run")
@@ -211,6 +213,9 @@ def test_cifar_smoke_sweeps_end_to_end(module, data_dir, tmp_path):
     config = module.get_config("smoke")
     config.data_dir = str(data_dir)
     config.batch_sizes = config.batch_sizes[:1]  # the M1 smoke sweep covers several batches
+    # Per-layer curvature on C1 here (and M1 above); every block compiles its own HVP, which for
+    # ResNet-18's blocks took minutes of the suite, so C2 and CR skip it.
+    config.curvature.enabled = module is c1
     results = runner.run(STUDY, config, tmp_path / "run")
     assert len(results["runs"]) == len(config.batch_sizes)
     table = (tmp_path / "run" / "table.md").read_text()
@@ -218,3 +223,4 @@ def test_cifar_smoke_sweeps_end_to_end(module, data_dir, tmp_path):
     for run in results["runs"].values():
         assert len(run["history"]) == config.num_epochs and "lambda_max" in run["history"][0]
         assert len(run["test"]["eigenvalues"]) == config.hessian.k
+        assert ("curvature" in run) == config.curvature.enabled

@@ -29,7 +29,7 @@ def _flat_vectors(vectors):
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1])
 def test_lanczos_matches_eigh(case, seed, loop_mode):
     loss_fn, params, data, dense = _problem(case, seed)
     op = hessjax.hessian_operator(loss_fn, params, data, batch_size=10)
@@ -60,7 +60,7 @@ def test_power_iteration_finds_largest_magnitude_eigenvalues(case, seed, loop_mo
     assert np.all(np.diff(np.asarray(res.values)) <= 0)  # reported largest algebraic first
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1])
 def test_single_sample_hessian_is_indefinite_and_both_ends_are_found(seed):
     """b_H = 1 (docs/paper.md, "Claims", claim 3): negative eigenvalues appear; Lanczos finds
     both ends exactly."""

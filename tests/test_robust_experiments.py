@@ -95,8 +95,22 @@ def test_m1_robust_smoke_end_to_end_and_resume(data_dir, tmp_path, forbid_redo):
     rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")]
     assert rows[:4] == ["Training", "Original", "FGSM", "HESS"]
     assert "Mean" in table and "λ_max^θ" in table and "b_H = 1" in table
-    for png in ("spectra.png", "interpolation.png"):
+    for png in ("spectra.png", "interpolation.png", "fig_layers.png"):
         assert (workdir / "figures" / png).stat().st_size > 1000
+    # Beyond the paper: every model's layer blocks (traces summing to tr H) and GGN λ_max, on
+    # the same samples.
+    for r in saved["runs"].values():
+        curv = r["curvature"]
+        assert [x["layer"] for x in curv["layers"]] == ["Conv_0", "Conv_1", "Dense_0", "Dense_1"]
+        assert curv["trace"] == pytest.approx(sum(x["trace"] for x in curv["layers"]))
+        assert curv["ggn_lambda_max"] > 0 and curv["samples"] == config.hessian.num_samples
+    curvature_rows = table.split("## Per-layer curvature")[1].splitlines()
+    assert [row.split("|")[1].strip() for row in curvature_rows if row.startswith("| ")] == [
+        "Training",
+        "Original",
+        "FGSM",
+        "HESS",
+    ]
 
     forbid_redo(ROBUST)
     again = runner.run(ROBUST, config, workdir)
@@ -119,6 +133,7 @@ def test_c3_robust_smoke_end_to_end(data_dir, tmp_path):
     config.hessian.num_samples = 32
     config.hessian.subsample_sizes = []
     config.interpolation.num_samples = 32
+    config.curvature.enabled = False  # tested on M1 above
     results = runner.run(ROBUST, config, tmp_path / "c3")
     assert set(results["runs"]) == {"original", "fgsm"}
     assert "| FGSM |" in (tmp_path / "c3" / "table.md").read_text()

@@ -69,6 +69,21 @@ def hessian(batch_size: int) -> ml_collections.ConfigDict:
     return h
 
 
+def curvature() -> ml_collections.ConfigDict:
+    """Beyond the paper (experiments/curvature.py): λ_max and trace of every layer's Hessian
+    block, and λ_max of the Gauss-Newton matrix beside the Hessian's, on the first
+    ``num_samples`` training samples (None: ``hessian.num_samples``); Lanczos k=1 to ``tol``
+    within ``max_matvecs``, XTrace with ``trace_matvecs``."""
+    c = ml_collections.ConfigDict(dict(enabled=True, tol=1e-2, max_matvecs=40))
+    c.num_samples = placeholder(int)
+    c.trace_matvecs = 20
+    return c
+
+
+#: The curvature section at smoke scale: a few matvecs.
+SMOKE_CURVATURE = dict(max_matvecs=6, trace_matvecs=6)
+
+
 def override(c: ml_collections.ConfigDict, changes: Changes) -> ml_collections.ConfigDict:
     """Set existing fields of ``c`` from ``changes``; KeyError on a field ``c`` does not have (a
     typo must not add one). Values are copied: the module-level dicts are never shared."""

@@ -57,6 +57,7 @@ SMOKE = dict(
         subsample_max_matvecs=4,
     ),
     interpolation=dict(num_points=3, num_samples=64),
+    curvature=common.SMOKE_CURVATURE,
 )
 
 
@@ -110,4 +111,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.interpolation.alpha_max = 1.5
     c.interpolation.num_points = 41
     c.interpolation.num_samples = placeholder(int)  # per loss; None: the whole subsets
+
+    c.curvature = common.curvature()  # beyond the paper: per-layer blocks and GGN of each model
     return common.at_scale(c, cpu=CPU, smoke=SMOKE)

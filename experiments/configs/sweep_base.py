@@ -74,12 +74,7 @@ def sweep_config(
     c.track.tol = 1e-3
     c.track.max_matvecs = 40
 
-    # Beyond the paper (hessjax.layer_curvature, gauss_newton_operator): λ_max and trace of every
-    # layer's Hessian block, and λ_max of the GGN beside the Hessian's, on the first
-    # `num_samples` training samples (None: hessian.num_samples); Lanczos k=1 to `tol`, XTrace.
-    c.curvature = ml_collections.ConfigDict(dict(enabled=True, tol=1e-2, max_matvecs=40))
-    c.curvature.num_samples = placeholder(int)
-    c.curvature.trace_matvecs = 20
+    c.curvature = common.curvature()  # beyond the paper: per-layer blocks, GGN
     return c
 
 
@@ -95,5 +90,5 @@ SMOKE = dict(
     input_hessian=dict(num_samples=32, batch_size=32),
     landscape=dict(num_points=5, grid=3, num_samples=32),
     track=dict(num_samples=32, tol=1e-2, max_matvecs=6),
-    curvature=dict(max_matvecs=6, trace_matvecs=6),
+    curvature=common.SMOKE_CURVATURE,
 )
