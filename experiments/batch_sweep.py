@@ -113,6 +113,11 @@ def _first(x, y, n):
     return (x, y) if n is None else (x[:n], y[:n])
 
 
+def _curvature_rows(per_batch: dict) -> dict:
+    """``{batch size: curvature.summary}`` of the batch sizes with a curvature record."""
+    return {b: row["curvature"] for b, row in per_batch.items() if "curvature" in row}
+
+
 class BatchSweep:
     """The batch-size sweep as a :class:`experiments.runner.Study`."""
 
@@ -412,8 +417,7 @@ class BatchSweep:
             "",
             f"Spearman ρ(λ_max^θ, batch size): train {rho['train']:.3f}, test {rho['test']:.3f}",
         ]
-        rows = {b: row["curvature"] for b, row in per.items() if "curvature" in row}
-        lines += curvature.table_lines(config, rows, "Batch")
+        lines += curvature.table_lines(config, _curvature_rows(per), "Batch")
         return "\n".join(lines) + "\n"
 
     def figures(self, config, results: dict, folder: pathlib.Path) -> list[pathlib.Path]:
@@ -469,7 +473,7 @@ class BatchSweep:
         if max((len(h) for _, h in tracked), default=0) >= 2:
             paths.append(self._training_figure(config, tracked, colors, folder, plt))
         per = results["summary"]["per_batch_size"]
-        rows = {b: row["curvature"] for b, row in per.items() if "curvature" in row}
+        rows = _curvature_rows(per)
         if rows:
             path = folder / "fig_layers.png"
             paths.append(curvature.figure(config, rows, path, xlabel="batch size"))

@@ -1,7 +1,8 @@
 """Curvature beyond the paper, shared by the batch sweep and the robust-training study: per layer
 λ_max and trace of the Hessian block of that layer's parameters (``hessjax.layer_curvature``), and
 λ_max of the whole Hessian beside the generalised Gauss-Newton matrix's on the same samples
-(``hessjax.gauss_newton_operator``; docs/curvature.md).
+(``hessjax.gauss_newton_operator``; README.md and docs/design.md, "Curvature beyond the
+paper").
 
 A study records :func:`measure`'s dict per model, averages seeds with :func:`summary`, and shows
 one row per model (batch size, or training method) with :func:`table_lines` and
@@ -30,10 +31,10 @@ def config_errors(cc) -> list[str]:
     return errors
 
 
-def measure(ctx, variables, data, key, *, batch_size: int, split: str = "train") -> dict:
+def measure(ctx, variables, data, key, *, batch_size: int) -> dict:
     """λ_max and trace (XTrace) of every layer's Hessian block, and λ_max of the Hessian and of
     the GGN (Lanczos k=1, ``config.curvature``'s tol and budget), on ``data = (x, y)``: the
-    study's first ``curvature.num_samples`` samples. Returns ``{"samples", "layers":
+    study's first ``curvature.num_samples`` training samples. Returns ``{"samples", "layers":
     [LayerCurvature.as_dict()], "trace", "hessian_lambda_max", "ggn_lambda_max",
     "hessian_converged", "ggn_converged"}``."""
     cc, apply_fn = ctx.config.curvature, ctx.model.apply
@@ -44,13 +45,13 @@ def measure(ctx, variables, data, key, *, batch_size: int, split: str = "train")
     loss_fn = hessjax.make_loss_fn(apply_fn, variables)
     solve = dict(k=1, tol=cc.tol, max_matvecs=cc.max_matvecs)
     out = {"samples": n}
-    with ctx.phase(f"{split}: per-layer Hessian blocks on {n} samples"):
+    with ctx.phase(f"train: per-layer Hessian blocks on {n} samples"):
         rows = hessjax.layer_curvature(
             loss_fn, params, data, batch_size=batch, key=key,
             trace_matvecs=cc.trace_matvecs, mesh=mesh, **solve,
         )  # fmt: skip
         out["layers"] = [r.as_dict() for r in rows]
-    with ctx.phase(f"{split}: λ_max of the Hessian and the GGN on {n} samples"):
+    with ctx.phase(f"train: λ_max of the Hessian and the GGN on {n} samples"):
         operators = (
             ("hessian", hessjax.hessian_operator(loss_fn, params, data, batch_size=batch,
                                                  mesh=mesh)),
@@ -129,7 +130,7 @@ def figure(config, rows: dict, path: pathlib.Path, *, xlabel: str) -> pathlib.Pa
     a number (batch sizes), else one tick per label (training methods)."""
     plt = plots.pyplot()
     labels = list(rows)
-    numeric = all(isinstance(b, int) or str(b).isdigit() for b in labels)
+    numeric = all(str(b).isdigit() for b in labels)
     xs = [int(b) for b in labels] if numeric else list(range(len(labels)))
     names = list(rows[labels[0]]["layers"])
     colors = plt.cm.tab10(np.arange(len(names)) % 10)

@@ -98,10 +98,10 @@ def forbid_redo(monkeypatch):
 def _release_compiled_programs():
     """Drop JAX's compiled programs and traces after each test module.
 
-    A pytest-xdist worker runs ~150 tests; without this its memory grew steadily to ~8 GB (jit
-    caches of every module's functions and the arrays their closures hold), and in CI two such
-    workers plus a 4-device subprocess crashed the workers. Modules share almost no compiled
-    functions, so clearing between modules costs little recompilation."""
+    Every compiled executable maps its code into memory, and jit caches keep them alive: a
+    pytest-xdist worker running ~150 tests reached Linux's limit of 65,530 memory maps (and
+    ~8 GB) and segfaulted inside XLA's compiler (docs/benchmarks.md, "Test suite"). Modules share
+    almost no compiled functions, so clearing between modules costs little recompilation."""
     yield
     jax.clear_caches()
     gc.collect()

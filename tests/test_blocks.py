@@ -29,9 +29,6 @@ def _setup(case, seed=0, n=11):
     return loss_problem(*CASES[case], seed, n)
 
 
-_dense = dense_hessian
-
-
 def _indices(params, sub):
     """Positions in ravel_pytree(params) of the leaves of ``sub``, in ravel_pytree(sub) order."""
     offsets, start = {}, 0
@@ -54,7 +51,7 @@ SELECTORS = {
 )
 def test_block_is_the_sub_block_of_the_dense_hessian(case):
     loss_fn, params, data = _setup(case)
-    dense = np.asarray(_dense(loss_fn, params, data))
+    dense = np.asarray(dense_hessian(loss_fn, params, data))
     for i, select in enumerate(SELECTORS[case]):
         op = hessjax.block_operator(loss_fn, params, data, select=select, batch_size=4)  # tail 3
         idx = _indices(params, op.params)
@@ -75,7 +72,7 @@ def test_solvers_run_unchanged_on_a_block():
     loss_fn, params, data = _setup("cnn_bn")
     op = hessjax.block_operator(loss_fn, params, data, select="Dense_0", batch_size=5)
     idx = _indices(params, op.params)
-    block = np.asarray(_dense(loss_fn, params, data))[np.ix_(idx, idx)]
+    block = np.asarray(dense_hessian(loss_fn, params, data))[np.ix_(idx, idx)]
     exact = np.sort(np.linalg.eigvalsh(block))[::-1]
     eig = hessjax.eigenvalues(op, op.params, k=3, tol=1e-10, key=jax.random.key(0))
     np.testing.assert_allclose(eig.values, exact[:3], rtol=1e-7)
@@ -105,7 +102,7 @@ def test_selector_matching_nothing_lists_the_paths():
 @pytest.mark.parametrize("case", ["cnn_bn"])  # ResNet blocks: test_block_is_the_sub_block...
 def test_layer_traces_sum_to_the_full_trace(case):
     loss_fn, params, data = _setup(case, n=8)
-    dense = np.asarray(_dense(loss_fn, params, data))
+    dense = np.asarray(dense_hessian(loss_fn, params, data))
     rows = hessjax.layer_curvature(
         loss_fn, params, data, batch_size=8, key=jax.random.key(0), k=2, tol=1e-10,
         trace_matvecs=150,  # every layer of these nets is smaller: exact traces
@@ -123,7 +120,7 @@ def test_layer_traces_sum_to_the_full_trace(case):
 
 def test_layer_curvature_estimates_large_layers_and_draws_a_figure(tmp_path):
     loss_fn, params, data = _setup("mlp")
-    dense = np.asarray(_dense(loss_fn, params, data))
+    dense = np.asarray(dense_hessian(loss_fn, params, data))
     rows = hessjax.layer_curvature(
         loss_fn, params, data, batch_size=11, key=jax.random.key(3), trace_matvecs=8,
         layers=["Dense_0", "Dense_2"],

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
-from nets import MLP, SmallCNN, init_with_random_bn, random_data
+from nets import MLP, SmallCNN, dense_hessian, loss_problem
 
 import hessjax
 from hessjax.loops import CompiledLoopWarning
@@ -14,14 +14,8 @@ CASES = {"mlp": (MLP((7, 6, 3), act=jnp.tanh), (5,)), "cnn_bn": (SmallCNN(), (6,
 
 
 def _problem(case, seed, n=23):
-    model, shape = CASES[case]
-    x, y = random_data(seed, n, shape, 3)
-    variables = init_with_random_bn(model, jax.random.key(seed), jnp.asarray(x[:1]))
-    loss_fn = hessjax.make_loss_fn(model.apply, variables)
-    params = variables["params"]
-    flat, unravel = ravel_pytree(params)
-    dense = jax.jit(jax.hessian(lambda f, d: loss_fn(unravel(f), d)))(flat, (x, y))
-    return loss_fn, params, (x, y), np.asarray(dense)
+    loss_fn, params, data = loss_problem(*CASES[case], seed, n)
+    return loss_fn, params, data, np.asarray(dense_hessian(loss_fn, params, data))
 
 
 def _flat_vectors(vectors):

@@ -35,9 +35,6 @@ def _setup(case, seed, n=8):
     return loss_problem(*CASES[case], seed, n)
 
 
-_dense = dense_hessian
-
-
 def _random_like(params, seed):
     flat, unravel = ravel_pytree(params)
     return unravel(jax.random.normal(jax.random.key(seed), flat.shape, flat.dtype))
@@ -49,7 +46,7 @@ def test_hvp_matches_dense_hessian(case, seed):
     loss_fn, params, batch = _setup(case, seed)
     v = _random_like(params, seed + 10)
     hv = ravel_pytree(hessjax.hvp(loss_fn, params, v, batch))[0]
-    dense = np.asarray(_dense(loss_fn, params, batch))
+    dense = np.asarray(dense_hessian(loss_fn, params, batch))
     np.testing.assert_allclose(hv, dense @ ravel_pytree(v)[0], rtol=1e-9, atol=1e-11)
     np.testing.assert_allclose(dense, dense.T, atol=1e-10)  # the reference itself is a Hessian
 
@@ -66,7 +63,7 @@ def test_operator_is_hessian_of_dataset_mean(case, batch_size):
     n = 23  # not divisible by 5 or 4: the short last batch must be weighted by its size
     loss_fn, params, data = _setup(case, seed=batch_size, n=n)
     op = hessjax.hessian_operator(loss_fn, params, data, batch_size=batch_size)
-    dense = np.asarray(_dense(loss_fn, params, data))  # one batch holding all N samples
+    dense = np.asarray(dense_hessian(loss_fn, params, data))  # one batch holding all N samples
     v = _random_like(params, 3)
     np.testing.assert_allclose(
         ravel_pytree(op(v))[0], dense @ ravel_pytree(v)[0], rtol=1e-9, atol=1e-11
@@ -82,7 +79,7 @@ def test_linearized_operator_is_the_same_hessian(case, batch_size, loop_mode):
     shape = (lop.num_batches, lop.batch_size, lop.tail_size)
     assert shape == (n // batch_size, batch_size, n % batch_size)
     assert lop.residual_bytes == linearized.linearization_bytes(op) > 0
-    dense = np.asarray(_dense(loss_fn, params, data))
+    dense = np.asarray(dense_hessian(loss_fn, params, data))
     for seed in (3, 4):
         v = _random_like(params, seed)
         np.testing.assert_allclose(
@@ -180,7 +177,7 @@ def test_subsampled_operator_uses_a_random_subset():
     (xs, ys) = hessjax.subsample(data, 1, key=key)
     assert xs.shape[0] == 1 and any(np.array_equal(xs[0], row) for row in data[0])
     v = _random_like(params, 1)
-    expected = np.asarray(_dense(loss_fn, params, (xs, ys))) @ ravel_pytree(v)[0]
+    expected = np.asarray(dense_hessian(loss_fn, params, (xs, ys))) @ ravel_pytree(v)[0]
     np.testing.assert_allclose(ravel_pytree(op(v))[0], expected, rtol=1e-9, atol=1e-11)
 
 
