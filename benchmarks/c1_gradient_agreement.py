@@ -13,11 +13,9 @@ import argparse
 
 import jax
 import numpy as np
-import torch
 
 import hessjax
 from benchmarks import common, torch_models
-from benchmarks.train_throughput import JaxLoop, TorchLoop, _np_tree, _trace
 from hessjax import models, train
 
 
@@ -26,10 +24,11 @@ def gradient_difference(jax_loop, variables, tx, x, y):
     compiled step is reused, its state reset to ``variables``."""
     jax_loop.state = train.init_state(variables, tx, 0)
     jax_loop(x, y)
-    torch_loop = TorchLoop("c1", variables, 0.01, len(y))
-    torch_loop(torch_models.to_nchw(x), torch.from_numpy(np.asarray(y, np.int64)))
+    torch_loop = torch_models.TrainLoop("c1", variables, 0.01, len(y))
+    torch_loop(torch_models.to_nchw(x), torch_models.labels(y))
     return common.rel_diff(
-        torch_loop.momentum_buffers("c1"), _np_tree(_trace(jax_loop.state.opt_state))
+        torch_loop.momentum_buffers(),
+        common.host_copy(common.momentum_trace(jax_loop.state.opt_state)),
     )
 
 
@@ -46,7 +45,8 @@ def main():
     model = models.get("c1")
     variables = models.init(model, jax.random.key(0))
     tx = train.make_optimizer(0.01, 0.9, "constant")
-    jax_loop = JaxLoop(model, variables, tx, m, 0, True)  # one compilation for every micro-batch
+    # one compilation for every micro-batch
+    jax_loop = common.JaxLoop(model, variables, tx, m, 0, True)
     diffs = []
     for j in range(args.micro_batches):
         s = slice(j * m, (j + 1) * m)

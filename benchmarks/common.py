@@ -50,13 +50,18 @@ def add_run_args(
     p: argparse.ArgumentParser, out: str, *, torch: bool = False, trains_m1: bool = False
 ) -> None:
     """The options of a benchmark that reads data and writes results: ``--train-images`` and
-    ``--train-epochs`` (``trains_m1``: see :func:`trained_m1`), ``--torch-threads`` (``torch``),
-    ``--data-dir``, ``--seed`` and ``--out`` (default ``out``)."""
+    ``--train-epochs`` (``trains_m1``: see :func:`trained_m1`), ``--torch-threads`` and
+    ``--torch-device`` (``torch``), ``--data-dir``, ``--seed`` and ``--out`` (default ``out``)."""
     if trains_m1:
         p.add_argument("--train-images", type=int, default=10_000)
         p.add_argument("--train-epochs", type=int, default=1)
     if torch:
         p.add_argument("--torch-threads", type=int, default=None, help="default: all cores")
+        p.add_argument(
+            "--torch-device",
+            default="auto",
+            help="where PyTorch runs: cpu, cuda, cuda:N, or auto (CUDA if visible, else CPU)",
+        )
     p.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=out, help="results/<out>.{json,md}")
@@ -93,7 +98,7 @@ def set_torch_threads(num_threads: int | None) -> int:
 
 
 def environment(torch_threads: int | None = None) -> dict[str, Any]:
-    """What the numbers were measured on: cores, thread settings, versions, load."""
+    """What the numbers were measured on: cores, devices, thread settings, versions, load."""
     env = {
         "cpu_count": os.cpu_count(),
         "cpu_model": _cpu_model(),
@@ -112,10 +117,14 @@ def environment(torch_threads: int | None = None) -> dict[str, Any]:
     if torch_threads is not None:
         import torch
 
+        from benchmarks import torch_models
+
         env.update(
             torch=torch.__version__,
             torch_threads=torch.get_num_threads(),
             torch_interop_threads=torch.get_num_interop_threads(),
+            torch_device=str(torch_models.DEVICE),
+            torch_device_name=torch_models.device_name(),
         )
     return env
 
@@ -152,16 +161,24 @@ def _cpu_model() -> str:
 
 
 def start(args: argparse.Namespace, *, torch: bool) -> dict[str, Any]:
-    """Pin PyTorch's threads to ``args.torch_threads`` (with ``torch``), then log and return
-    :func:`environment`."""
-    env = environment(set_torch_threads(args.torch_threads) if torch else None)
+    """With ``torch``: pin PyTorch's threads to ``args.torch_threads`` and put its tensors on
+    ``args.torch_device``; then log and return :func:`environment`."""
+    threads = None
+    if torch:
+        from benchmarks import torch_models
+
+        torch_models.use_device(getattr(args, "torch_device", "cpu"))
+        threads = set_torch_threads(args.torch_threads)
+    env = environment(threads)
     log(environment_line(env))
     return env
 
 
 def environment_line(env: dict[str, Any]) -> str:
     torch_part = (
-        f"; torch {env['torch']} with torch.set_num_threads({env['torch_threads']}), "
+        f"; torch {env['torch']} on {env.get('torch_device', 'cpu')} "
+        f"({env.get('torch_device_name', 'cpu')}) with "
+        f"torch.set_num_threads({env['torch_threads']}), "
         f"OMP_WAIT_POLICY={env['OMP_WAIT_POLICY'] or '(unset)'}"
         if "torch" in env
         else ""
@@ -170,7 +187,7 @@ def environment_line(env: dict[str, Any]) -> str:
     return (
         f"hessjax at git {env['git']} (host solver loops: {env['hessjax_host_loops']}). "
         f"CPU: {env['cpu_count']} cores ({env['cpu_model']}); jax {env['jax']} "
-        f"({env['jax_backend']}), {env['xla_threads']}, "
+        f"({env['jax_backend']}: {', '.join(env['jax_devices'])}), {env['xla_threads']}, "
         f"XLA_FLAGS={env['XLA_FLAGS'] or '(unset)'}{torch_part}; load average at start {load} "
         "(the machine is shared)."
     )
@@ -180,8 +197,12 @@ def environment_line(env: dict[str, Any]) -> str:
 
 
 def block(tree: Any) -> Any:
-    """Wait for every JAX array in ``tree`` (no-op for other leaves)."""
-    return jax.block_until_ready(tree)
+    """Wait for every JAX array in ``tree`` and, when PyTorch runs on a GPU, for its queue."""
+    out = jax.block_until_ready(tree)
+    torch_models = sys.modules.get("benchmarks.torch_models")
+    if torch_models is not None:
+        torch_models.synchronize()
+    return out
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -297,6 +318,35 @@ def trained_m1(args: argparse.Namespace) -> tuple[dict, dict[str, Any]]:
     )
     log("trained:", info)
     return variables, info
+
+
+# ----------------------------------------------------------------------------- training steps
+
+
+class JaxLoop:
+    """hessjax's ``TrainStep`` with its state threaded through calls (the step donates the
+    state): ``loop(x, y)`` makes one update and returns ``(state, metrics)``."""
+
+    def __init__(self, model, variables, tx, micro, seed, host_loops):
+        self.step = hessjax.train.TrainStep(
+            model.apply, tx, micro_batch_size=micro, host_loops=host_loops
+        )
+        self.state = hessjax.train.init_state(variables, tx, seed)
+
+    def __call__(self, x, y):
+        self.state, metrics = self.step(self.state, x, y)
+        return self.state, metrics
+
+
+def host_copy(tree: Any) -> Any:
+    """A float64 host copy (a donating step invalidates views of its input buffers)."""
+    return jax.tree_util.tree_map(lambda a: np.array(a, np.float64, copy=True), tree)
+
+
+def momentum_trace(opt_state: Any) -> Any:
+    """The momentum buffer of a ``hessjax.train.make_optimizer`` state (after step 1: the mean
+    gradient)."""
+    return opt_state.inner_state[0].trace
 
 
 # ----------------------------------------------------------------------------- results

@@ -84,12 +84,12 @@ def torch_over(name, variables, x, y, v, batch_size):
     params = [p for _, p in model.named_parameters()]
     names = [n for n, _ in model.named_parameters()]
     v_np = torch_models.params_to_torch(name, v)
-    vt = [torch.from_numpy(v_np[n]) for n in names]
+    vt = [torch_models.tensor(v_np[n]) for n in names]
     n = len(y)
     chunks = [
         (
             torch_models.to_nchw(x[s : s + batch_size]),
-            torch.from_numpy(np.asarray(y[s : s + batch_size], np.int64)),
+            torch_models.labels(y[s : s + batch_size]),
         )
         for s in range(0, n, batch_size)
     ]

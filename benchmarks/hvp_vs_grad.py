@@ -99,9 +99,9 @@ def torch_functions(name, variables, x, y, v):
     names = [n for n, _ in model.named_parameters()]
     params = [p for _, p in model.named_parameters()]
     xt = torch_models.to_nchw(x)
-    yt = torch.from_numpy(np.asarray(y, np.int64))
+    yt = torch_models.labels(y)
     v_np = torch_models.params_to_torch(name, v)
-    vt = [torch.from_numpy(v_np[n]) for n in names]
+    vt = [torch_models.tensor(v_np[n]) for n in names]
 
     def grad():
         return torch.autograd.grad(F.cross_entropy(model(xt), yt), params)

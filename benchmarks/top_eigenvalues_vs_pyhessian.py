@@ -196,12 +196,12 @@ def run_pyhessian(tmodel, x, y, *, batch_size, k, tol, max_iter, seed):
 
     from benchmarks import torch_models
 
-    dataset = TensorDataset(torch_models.to_nchw(x), torch.from_numpy(np.asarray(y, np.int64)))
+    dataset = TensorDataset(torch_models.to_nchw(x), torch_models.labels(y))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     torch.manual_seed(seed)
     count = [0]
     start = time.perf_counter()
-    h = hessian(tmodel, torch.nn.CrossEntropyLoss(), dataloader=loader, cuda=False)
+    h = hessian(tmodel, torch.nn.CrossEntropyLoss(), dataloader=loader, cuda=torch_models.on_cuda())
     inner = h.dataloader_hv_product
 
     def counted(v):
@@ -470,12 +470,14 @@ def main(argv=None):
     v_flat = np.asarray(ravel_pytree(v)[0])
     names = [nm for nm, _ in tmodel.named_parameters()]
     v_torch_np = torch_models.params_to_torch("m1", v)
-    v_torch = [torch.from_numpy(v_torch_np[nm]) for nm in names]
+    v_torch = [torch_models.tensor(v_torch_np[nm]) for nm in names]
     loader = DataLoader(
-        TensorDataset(torch_models.to_nchw(x), torch.from_numpy(np.asarray(y, np.int64))),
+        TensorDataset(torch_models.to_nchw(x), torch_models.labels(y)),
         batch_size=args.batch_size,
     )
-    ph = hessian(tmodel, torch.nn.CrossEntropyLoss(), dataloader=loader, cuda=False)
+    ph = hessian(
+        tmodel, torch.nn.CrossEntropyLoss(), dataloader=loader, cuda=torch_models.on_cuda()
+    )
     paths = {
         "hessjax_operator": lambda: op(v),
         "hessjax_operator_xla_loop": lambda: with_env("HESSJAX_HOST_LOOPS", "0", lambda: op(v)),

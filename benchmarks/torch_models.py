@@ -6,6 +6,11 @@ activations flattened in (h, w, c) order in Flax but (c, h, w) in PyTorch, so it
 permuted. BatchNorm: Flax ``scale/bias`` + ``batch_stats.mean/var`` = PyTorch
 ``weight/bias`` + ``running_mean/running_var``; both use eps 1e-5. Call ``model.eval()`` (done by
 :func:`from_flax`) so BatchNorm uses the running statistics, as ``model.apply(variables, x)`` does.
+
+Device: every tensor made here (:func:`from_flax`, :func:`to_nchw`, :func:`labels`,
+:func:`tensor`) lives on :data:`DEVICE`, the CPU unless :func:`use_device` chose another (the
+benchmarks' ``--torch-device``: ``auto`` = CUDA when PyTorch sees a GPU); :func:`synchronize`
+waits for it, so wall-clock timings of CUDA work are complete.
 """
 
 from __future__ import annotations
@@ -63,6 +68,56 @@ class C1(nn.Module):
 
 TWINS = {"m1": M1, "c1": C1}
 
+#: Where the twins and their inputs live (see :func:`use_device`).
+DEVICE = torch.device("cpu")
+
+
+def use_device(name: str = "auto") -> torch.device:
+    """Put every later tensor on ``name`` ("cpu", "cuda", "cuda:1", or "auto": CUDA if
+    available, else CPU) and return it. A CUDA name without a visible GPU is an error."""
+    global DEVICE
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(
+            f"--torch-device={name}: PyTorch sees no CUDA device (torch {torch.__version__}, "
+            "a CPU build?); use --torch-device=cpu or install a CUDA build of torch"
+        )
+    DEVICE = device
+    return device
+
+
+def on_cuda() -> bool:
+    return DEVICE.type == "cuda"
+
+
+def synchronize() -> None:
+    """Wait for queued work on :data:`DEVICE` (no-op on CPU)."""
+    if on_cuda():
+        torch.cuda.synchronize(DEVICE)
+
+
+def device_name() -> str:
+    """``"cpu"`` or the GPU's name, for the environment report."""
+    return torch.cuda.get_device_name(DEVICE) if on_cuda() else "cpu"
+
+
+def tensor(a: Any) -> torch.Tensor:
+    """A numpy array (float32 values, contiguous) as a tensor on :data:`DEVICE`."""
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(a, np.float32))).to(DEVICE)
+
+
+def labels(y: Any) -> torch.Tensor:
+    """Integer class labels as an int64 tensor on :data:`DEVICE`."""
+    return torch.from_numpy(np.asarray(y, np.int64)).to(DEVICE)
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A tensor on any device as a numpy array (detached, copied to the host)."""
+    return t.detach().cpu().numpy()
+
+
 # torch module name -> (flax module name, kind); kind "fc0" marks the first FC layer.
 _NAMES = {
     "m1": {
@@ -119,7 +174,7 @@ def params_to_torch(name: str, params: Any) -> dict[str, np.ndarray]:
 def torch_to_params(name: str, tensors: dict[str, Any]) -> dict:
     """Inverse of :func:`params_to_torch`: torch-layout arrays -> a Flax ``params`` dict."""
     hwc = TWINS[name].FLATTEN_HWC
-    t = {k: np.asarray(v.detach() if hasattr(v, "detach") else v) for k, v in tensors.items()}
+    t = {k: to_numpy(v) if hasattr(v, "detach") else np.asarray(v) for k, v in tensors.items()}
     params = {}
     for tname, (fname, kind) in _NAMES[name].items():
         w, b = t[f"{tname}.weight"], t[f"{tname}.bias"]
@@ -145,12 +200,12 @@ def from_flax(name: str, variables: dict) -> nn.Module:
             state[f"{tname}.running_var"] = torch.tensor(np.asarray(stats["var"], np.float32))
             state[f"{tname}.num_batches_tracked"] = torch.zeros((), dtype=torch.long)
     model.load_state_dict(state, strict=True)
-    return model.eval()
+    return model.to(DEVICE).eval()
 
 
 def to_nchw(x: np.ndarray) -> torch.Tensor:
-    """NHWC numpy images -> contiguous NCHW float32 torch tensor."""
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(x, np.float32).transpose(0, 3, 1, 2)))
+    """NHWC numpy images -> contiguous NCHW float32 torch tensor on :data:`DEVICE`."""
+    return tensor(np.asarray(x, np.float32).transpose(0, 3, 1, 2))
 
 
 def check_twin(name: str, apply_fn, variables: dict, model: nn.Module, x, y) -> dict[str, float]:
@@ -161,7 +216,7 @@ def check_twin(name: str, apply_fn, variables: dict, model: nn.Module, x, y) -> 
 
     logits_jax = np.asarray(jax.jit(apply_fn)(variables, x))
     with torch.no_grad():
-        logits_torch = model(to_nchw(x)).numpy()
+        logits_torch = to_numpy(model(to_nchw(x)))
     loss_jax = float(cross_entropy(logits_jax, np.asarray(y)))
     loss_torch = float(
         nn.functional.cross_entropy(
@@ -176,3 +231,50 @@ def check_twin(name: str, apply_fn, variables: dict, model: nn.Module, x, y) -> 
         "loss_torch": loss_torch,
         "abs_loss_diff": abs(loss_jax - loss_torch),
     }
+
+
+class TrainLoop:
+    """The PyTorch twin of ``hessjax.train.TrainStep``: micro-batch gradient accumulation, then
+    SGD + momentum. ``loop(x, y)`` (NCHW tensors, ``len(y)`` a multiple of ``micro``) makes one
+    update and returns the (mean loss, accuracy) tensors of the batch."""
+
+    def __init__(self, name: str, variables: dict, lr: float, micro: int):
+        self.model = from_flax(name, variables).train()
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=0.9)
+        self.micro = micro
+        self.name = name
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor):
+        f = nn.functional
+        num_micro, m = len(y) // self.micro, self.micro
+        self.opt.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros((), device=DEVICE)
+        correct = torch.zeros((), dtype=torch.long, device=DEVICE)
+        for j in range(num_micro):
+            xm, ym = x[j * m : (j + 1) * m], y[j * m : (j + 1) * m]
+            logits = self.model(xm)
+            loss = f.cross_entropy(logits, ym)
+            (loss / num_micro).backward()
+            loss_sum += loss.detach()
+            correct += (logits.detach().argmax(1) == ym).sum()
+        self.opt.step()
+        return loss_sum / num_micro, correct.double() / len(y)
+
+    def momentum_buffers(self) -> dict:
+        """The momentum buffers (after the first step: the mean gradient) in Flax layout."""
+        named = dict(self.model.named_parameters())
+        bufs = {n: self.opt.state[p]["momentum_buffer"] for n, p in named.items()}
+        return torch_to_params(self.name, bufs)
+
+    def params(self) -> dict:
+        return torch_to_params(self.name, dict(self.model.named_parameters()))
+
+    def batch_stats(self) -> dict:
+        """Running statistics in Flax naming (C1: BatchNorm_0/1), {} for M1."""
+        out = {}
+        for i, bn in enumerate(m for m in self.model.modules() if hasattr(m, "running_var")):
+            out[f"BatchNorm_{i}"] = {
+                "mean": to_numpy(bn.running_mean).copy(),
+                "var": to_numpy(bn.running_var).copy(),
+            }
+        return out

@@ -78,83 +78,8 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def _np_tree(tree):
-    """A host copy (the step donates its input state, so no views of device buffers)."""
-    return jax.tree_util.tree_map(lambda a: np.array(a, np.float64, copy=True), tree)
-
-
-def _trace(opt_state):
-    """The momentum buffer of a ``make_optimizer`` state (after step 1: the mean gradient)."""
-    return opt_state.inner_state[0].trace
-
-
 def _tree_sub(a, b):
     return jax.tree_util.tree_map(lambda u, v: np.asarray(u, np.float64) - v, a, b)
-
-
-class TorchLoop:
-    """The PyTorch training step: micro-batch gradient accumulation, then SGD + momentum."""
-
-    def __init__(self, name, variables, lr, micro):
-        import torch
-
-        from benchmarks import torch_models
-
-        self.torch = torch
-        self.model = torch_models.from_flax(name, variables).train()
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=0.9)
-        self.micro = micro
-
-    def __call__(self, x, y):
-        torch, f = self.torch, self.torch.nn.functional
-        num_micro, m = len(y) // self.micro, self.micro
-        self.opt.zero_grad(set_to_none=True)
-        loss_sum = torch.zeros(())
-        correct = torch.zeros((), dtype=torch.long)
-        for j in range(num_micro):
-            xm, ym = x[j * m : (j + 1) * m], y[j * m : (j + 1) * m]
-            logits = self.model(xm)
-            loss = f.cross_entropy(logits, ym)
-            (loss / num_micro).backward()
-            loss_sum += loss.detach()
-            correct += (logits.detach().argmax(1) == ym).sum()
-        self.opt.step()
-        return loss_sum / num_micro, correct.double() / len(y)
-
-    def momentum_buffers(self, name):
-        """The momentum buffers (after the first step: the mean gradient) in Flax layout."""
-        from benchmarks import torch_models
-
-        named = dict(self.model.named_parameters())
-        bufs = {n: self.opt.state[p]["momentum_buffer"] for n, p in named.items()}
-        return torch_models.torch_to_params(name, bufs)
-
-    def params(self, name):
-        from benchmarks import torch_models
-
-        return torch_models.torch_to_params(name, dict(self.model.named_parameters()))
-
-    def batch_stats(self):
-        """Running statistics in Flax naming (C1: BatchNorm_0/1), {} for M1."""
-        out = {}
-        for i, bn in enumerate(m for m in self.model.modules() if hasattr(m, "running_var")):
-            out[f"BatchNorm_{i}"] = {
-                "mean": bn.running_mean.numpy().copy(),
-                "var": bn.running_var.numpy().copy(),
-            }
-        return out
-
-
-class JaxLoop:
-    """hessjax's step with its state threaded through calls (the step donates the state)."""
-
-    def __init__(self, model, variables, tx, micro, seed, host_loops):
-        self.step = train.TrainStep(model.apply, tx, micro_batch_size=micro, host_loops=host_loops)
-        self.state = train.init_state(variables, tx, seed)
-
-    def __call__(self, x, y):
-        self.state, metrics = self.step(self.state, x, y)
-        return self.state, metrics
 
 
 def _runner(step_fn, batches, wait):
@@ -178,8 +103,6 @@ def _seconds_per_step(run, k):
 
 
 def bench_config(name, batch, args, data, scan_step_128):
-    import torch
-
     m = args.micro_batch_size
     num_micro = batch // m
     if batch % m:
@@ -192,25 +115,25 @@ def bench_config(name, batch, args, data, scan_step_128):
     batches = [(x[s : s + batch], y[s : s + batch]) for s in starts]
     from benchmarks import torch_models
 
-    xt, yt = torch_models.to_nchw(x), torch.from_numpy(np.asarray(y, np.int64))
+    xt, yt = torch_models.to_nchw(x), torch_models.labels(y)
     tbatches = [(xt[s : s + batch], yt[s : s + batch]) for s in starts]
 
-    p0 = _np_tree(variables["params"])
-    s0 = _np_tree(variables.get("batch_stats", {}))
-    host = JaxLoop(model, variables, tx, m, args.seed, host_loops=True)
-    tloop = TorchLoop(name, variables, args.lr, m)
+    p0 = common.host_copy(variables["params"])
+    s0 = common.host_copy(variables.get("batch_stats", {}))
+    host = common.JaxLoop(model, variables, tx, m, args.seed, host_loops=True)
+    tloop = torch_models.TrainLoop(name, variables, args.lr, m)
 
     # First calls (hessjax: compilation included), on the same batch from the same weights.
     first = {}
     first["hessjax"], (_, jm) = common.timed(lambda: host(*batches[0]))
-    jp = _np_tree(host.state.params)
-    js = _np_tree(host.state.batch_stats)
+    jp = common.host_copy(host.state.params)
+    js = common.host_copy(host.state.batch_stats)
     first["torch"], tm = common.timed(lambda: tloop(*tbatches[0]))
-    tp, ts = tloop.params(name), tloop.batch_stats()
-    jg = _np_tree(_trace(host.state.opt_state))
+    tp, ts = tloop.params(), tloop.batch_stats()
+    jg = common.host_copy(common.momentum_trace(host.state.opt_state))
     checks = {
         "params_rel_l2": common.rel_diff(tp, jp),
-        "mean_gradient_rel_l2": common.rel_diff(tloop.momentum_buffers(name), jg),
+        "mean_gradient_rel_l2": common.rel_diff(tloop.momentum_buffers(), jg),
         "update_rel_l2": common.rel_diff(_tree_sub(tp, p0), _tree_sub(jp, p0)),
         "loss_jax": float(jm["loss"]),
         "loss_torch": float(tm[0]),
@@ -231,7 +154,7 @@ def bench_config(name, batch, args, data, scan_step_128):
         )
 
     run_jax = _runner(host, batches, common.block)
-    run_torch = _runner(tloop, tbatches, lambda out: None)
+    run_torch = _runner(tloop, tbatches, lambda out: torch_models.synchronize())
     # Steps per sample from PyTorch's first call (no compilation there).
     k = max(1, round(args.sample_seconds / first["torch"]))
     if first["torch"] * k < 2.0:  # one untimed step each, when cheap
@@ -246,10 +169,10 @@ def bench_config(name, batch, args, data, scan_step_128):
         if est is not None and batch != m and est > args.scan_max_seconds:
             scan["skipped"] = f"estimated {est:.0f} s/step > --scan-max-seconds"
         else:
-            sloop = JaxLoop(model, variables, tx, m, args.seed, host_loops=False)
+            sloop = common.JaxLoop(model, variables, tx, m, args.seed, host_loops=False)
             scan["first_call_seconds"], _ = common.timed(lambda: sloop(*batches[0]))
             checks["scan_vs_host_mean_gradient_rel_l2"] = common.rel_diff(
-                _np_tree(_trace(sloop.state.opt_state)), jg
+                common.host_copy(common.momentum_trace(sloop.state.opt_state)), jg
             )
             run_scan = _runner(sloop, batches, common.block)
             budget_samples = int(args.scan_budget // scan["first_call_seconds"])
@@ -334,9 +257,10 @@ def _conv_fns(rng, shape, feat, ks, stride, pad):
         "grad_input": lambda: d_in(xj, kj, gj),
         "grad_kernel": lambda: d_k(xj, kj, gj),
     }
-    nchw = lambda a: torch.from_numpy(np.ascontiguousarray(np.asarray(a).transpose(0, 3, 1, 2)))
-    xt, gt = nchw(x), nchw(gj)
-    kt = torch.from_numpy(np.ascontiguousarray(kern.transpose(3, 2, 0, 1)))
+    from benchmarks import torch_models
+
+    xt, gt = torch_models.to_nchw(x), torch_models.to_nchw(np.asarray(gj))
+    kt = torch_models.tensor(kern.transpose(3, 2, 0, 1))
     tconv, tgrad = torch.nn.functional.conv2d, torch.nn.grad
     tfns = {
         "forward": lambda: tconv(xt, kt, stride=stride, padding=pad),
