@@ -1,5 +1,7 @@
-"""Trace estimators at a fixed budget of HVPs: Hutchinson, Hutch++, XTrace (hessjax) and matfree's
-XTrace, side by side on the same operators and budget; median relative error over seeds.
+"""Trace estimators at a fixed budget of HVPs: Hutchinson, Hutch++, XTrace, XNysTrace (hessjax) and
+matfree's XTrace and XNysTrace, side by side on the same operators and budget; median relative
+error over seeds. XNysTrace needs a PSD operator, so it runs on softmax regression (whose Hessian
+is PSD) and not on M1's indefinite Hessian.
 
 * softmax regression on the first ``--images`` MNIST training images (784 -> 10, trained
   ``--softmax-steps`` full-batch gradient steps): the trace is exact in closed form,
@@ -13,7 +15,8 @@ XTrace, side by side on the same operators and budget; median relative error ove
 
 matfree (``pip install matfree``): ``stochtrace.estimator_leave_one_out(
 leave_one_out_xtrace(), sampler_sphere(params, num=budget // 2))``, its documented default
-(resphering on; sphere samples as the docstring asks for).
+(resphering on; sphere samples as the docstring asks for), and likewise
+``leave_one_out_xnystrace()`` with ``num=budget``.
 
     python -m benchmarks.trace_estimators                 # defaults below
     python -m benchmarks.trace_estimators --m1-repeats 0  # softmax regression only
@@ -33,6 +36,8 @@ import hessjax
 from benchmarks import common
 
 METHODS = ("hutchinson", "hutchpp", "xtrace")
+#: and for PSD operators
+PSD_METHODS = (*METHODS, "xnystrace")
 
 
 def parse_args(argv=None):
@@ -74,34 +79,41 @@ def softmax_regression(args):
 
 
 @functools.cache
-def _matfree_estimator(treedef, shapes, budget):
+def _matfree_estimator(method, treedef, shapes, budget):
     from matfree import stochtrace
 
     like = jax.tree_util.tree_unflatten(treedef, [jnp.zeros(s, d) for s, d in shapes])
-    sampler = stochtrace.sampler_sphere(like, num=budget // 2)
-    return jax.jit(stochtrace.estimator_leave_one_out(stochtrace.leave_one_out_xtrace(), sampler))
+    if method == "xtrace":
+        integrand, num = stochtrace.leave_one_out_xtrace(), budget // 2
+    else:
+        integrand, num = stochtrace.leave_one_out_xnystrace(), budget
+    sampler = stochtrace.sampler_sphere(like, num=num)
+    return jax.jit(stochtrace.estimator_leave_one_out(integrand, sampler))
 
 
-def matfree_xtrace(op, params, budget, key):
+def matfree_trace(method, op, params, budget, key):
+    """matfree's ``method`` ("xtrace" or "xnystrace") estimate of ``tr(op)``."""
     leaves, treedef = jax.tree_util.tree_flatten(params)
     shapes = tuple((leaf.shape, leaf.dtype) for leaf in leaves)
-    return float(_matfree_estimator(treedef, shapes, budget)(op, key))
+    return float(_matfree_estimator(method, treedef, shapes, budget)(op, key))
 
 
-def run_estimators(op, params, budget, repeats, *, with_matfree, label):
-    out = {m: [] for m in METHODS + (("matfree_xtrace",) if with_matfree else ())}
+def run_estimators(op, params, budget, repeats, *, methods, matfree, label):
+    """``repeats`` estimates (keys 1000, 1001, ...) by hessjax's ``methods`` and matfree's
+    ``matfree`` methods; values and total seconds per method."""
+    out = {m: [] for m in (*methods, *(f"matfree_{m}" for m in matfree))}
     seconds = {m: 0.0 for m in out}
     for r in range(repeats):
         key = jax.random.key(1000 + r)
-        for m in METHODS:
+        for m in methods:
             tic = time.perf_counter()
             est = getattr(hessjax, m)(op, params, num_matvecs=budget, key=key)
             out[m].append(float(est.value))
             seconds[m] += time.perf_counter() - tic
-        if with_matfree:
+        for m in matfree:
             tic = time.perf_counter()
-            out["matfree_xtrace"].append(matfree_xtrace(op, params, budget, key))
-            seconds["matfree_xtrace"] += time.perf_counter() - tic
+            out[f"matfree_{m}"].append(matfree_trace(m, op, params, budget, key))
+            seconds[f"matfree_{m}"] += time.perf_counter() - tic
         common.log(f"{label} repeat {r + 1}/{repeats}:", {m: v[-1] for m, v in out.items()})
     return out, seconds
 
@@ -123,7 +135,10 @@ def main(argv=None):
     op, params, exact, loss = softmax_regression(args)
     common.log(f"softmax regression: loss {loss:.4f}, exact trace {exact:.6g}")
     values, seconds = run_estimators(
-        op, params, args.budget, args.softmax_repeats, with_matfree=True, label="softmax"
+        *(op, params, args.budget, args.softmax_repeats),
+        methods=PSD_METHODS,
+        matfree=("xtrace", "xnystrace"),
+        label="softmax",
     )
     results["softmax_regression"] = {
         "exact_trace": exact, "train_loss": loss, "values": values, "seconds": seconds,
@@ -140,7 +155,10 @@ def main(argv=None):
             loss_fn, variables["params"], (x, y), batch_size=args.batch_size
         ).linearize()
         values, seconds = run_estimators(
-            m1, variables["params"], args.budget, args.m1_repeats, with_matfree=False, label="M1"
+            *(m1, variables["params"], args.budget, args.m1_repeats),
+            methods=METHODS,
+            matfree=(),
+            label="M1",
         )
         pool = [(m, i, v) for m in ("hutchpp", "xtrace") for i, v in enumerate(values[m])]
 

@@ -25,6 +25,7 @@ from hessjax.estimators import (
     diagonal,
     hutchinson,
     hutchpp,
+    xnystrace,
     xtrace,
 )
 from hessjax.gauss_newton import GaussNewtonOperator, gauss_newton_operator
@@ -72,6 +73,7 @@ __all__ = [
     "hutchpp",
     "layer_curvature",
     "layers",
+    "xnystrace",
     "xtrace",
     "EigenResult",
     "NonFiniteError",

@@ -17,6 +17,16 @@ Rademacher, except XTrace's Gaussian ones. ``A`` is ``n × n``, ``n`` the size o
   ``P₍ᵢ₎``), with the resphering factor ``γᵢ = (n − k + 1)/‖(I − P₍ᵢ₎)ωᵢ‖²`` (Epperly 2025); the
   estimate is ``mean tᵢ``, its error ``std(tᵢ)/√k``. After the ``m`` matvecs everything is
   ``k × k`` algebra plus a few ``(k, n)`` products.
+* :func:`xnystrace`: XNysTrace (Epperly, Tropp & Webber 2024), for **PSD** ``A`` only (GGN,
+  Fisher, softmax regression's Hessian): all ``m`` matvecs go into one Gaussian sketch
+  ``Y = AΩ``. The Nyström approximation ``Â = Y H⁺ Yᵀ`` (``H = ΩᵀY``, ``m × m``) reproduces
+  ``A`` on the span of ``Ω``; leaving out probe ``i`` changes it by a rank-one term,
+  ``Â₍ᵢ₎ = Â − zᵢzᵢᵀ`` with ``zᵢ = Y H⁺eᵢ / √(H⁺)ᵢᵢ``, and because ``A − Â₍ᵢ₎`` vanishes on
+  the other probes, ``ωᵢᵀ(A − Â₍ᵢ₎)ωᵢ = (zᵢᵀωᵢ)²`` needs no further matvec. Samples
+  ``tᵢ = tr Â₍ᵢ₎ + γᵢ (zᵢᵀωᵢ)²`` with XTrace's resphering ``γᵢ = (n − m + 1)/‖(I − P₍ᵢ₎)ωᵢ‖²``
+  (``P₍ᵢ₎`` the projector on the other probes); estimate ``mean tᵢ``, error ``std(tᵢ)/√m``.
+  ``H⁺`` drops eigenvalues below ``m·ε·λ_max(H)``; a probe whose removal does not change the
+  rank of ``H`` has ``zᵢ = 0``. On an indefinite ``A`` the result is meaningless.
 * :func:`diagonal`: ``diag(A)``: ``method="hutchinson"`` (Bekas, Kokiopoulou & Saad 2007):
   ``mean ωᵢ ⊙ Aωᵢ``; ``method="xdiag"`` (Epperly et al. 2024): with ``Q₍ᵢ₎`` as in XTrace,
   ``dᵢ = diag(P₍ᵢ₎A) + ωᵢ ⊙ (I − P₍ᵢ₎)Aωᵢ``, estimate ``mean dᵢ``, error ``std(dᵢ)/√(m/2)``
@@ -43,10 +53,25 @@ from hessjax import lanczos, loops
 from hessjax._internal import as_partial, check_positive_int
 from hessjax.eigen import _flat_matvec
 
-__all__ = ["DiagonalEstimate", "TraceEstimate", "diagonal", "hutchinson", "hutchpp", "xtrace"]
+__all__ = [
+    "DiagonalEstimate",
+    "TraceEstimate",
+    "diagonal",
+    "hutchinson",
+    "hutchpp",
+    "xnystrace",
+    "xtrace",
+]
 
 #: Fewest matvecs per method (XTrace / XDiag need two probes for their error estimate).
-MIN_MATVECS = {"hutchinson": 2, "hutchpp": 3, "xtrace": 4, "hutchinson_diag": 2, "xdiag": 4}
+MIN_MATVECS = {
+    "hutchinson": 2,
+    "hutchpp": 3,
+    "xtrace": 4,
+    "xnystrace": 2,
+    "hutchinson_diag": 2,
+    "xdiag": 4,
+}
 
 
 class TraceEstimate(NamedTuple):
@@ -120,6 +145,8 @@ def _probes(key, *, method, num_matvecs, n, dtype):
         return jax.random.rademacher(key, (k, n), dtype), g
     if method == "xtrace":  # rotation-invariant probes: the residual term is resphered
         return jax.random.normal(key, (num_matvecs // 2, n), dtype), None
+    if method == "xnystrace":  # one Gaussian sketch of all the matvecs
+        return jax.random.normal(key, (num_matvecs, n), dtype), None
     return jax.random.rademacher(key, (num_matvecs // 2, n), dtype), None
 
 
@@ -175,6 +202,31 @@ def _xtrace(probes, y, z, q, r):
     return jnp.trace(h) - shs + scale * residual
 
 
+@jax.jit
+def _finish_xnystrace(probes, y):
+    """(mean, error) of the ``m`` XNysTrace samples ``tᵢ`` (module docstring); ``probes``/``y``
+    (m, n) rows ``ωᵢ`` / ``Aωᵢ``."""
+    m, n = probes.shape
+    h = probes @ y.T
+    vals, vecs = jnp.linalg.eigh((h + h.T) / 2)
+    keep = vals > m * jnp.finfo(vals.dtype).eps * vals[-1]
+    root = jnp.where(keep, vecs / jnp.sqrt(jnp.where(keep, vals, 1)), 0)  # L: LLᵀ = H⁺
+    f = y.T @ root  # Â = FFᵀ
+    row_norms = jnp.linalg.norm(root, axis=1)  # √(H⁺)ᵢᵢ
+    essential = jnp.sum(jnp.where(keep, vecs, 0) ** 2, axis=1) > 1 - jnp.sqrt(
+        jnp.finfo(vals.dtype).eps
+    )
+    z = (f @ root.T) / jnp.where(essential, row_norms, 1)
+    z = jnp.where(essential, z, 0)  # (n, m): Â₍ᵢ₎ = Â − zᵢzᵢᵀ
+    low_rank = jnp.sum(f**2) - jnp.sum(z**2, axis=0)
+    residual = jnp.sum(z * probes.T, axis=0) ** 2
+    # ‖(I − P₍ᵢ₎)ωᵢ‖² = 1/‖T⁻ᵀeᵢ‖² for Ω = QT (the projection leaves cᵢQsᵢ, cᵢ = sᵢᵀtᵢ)
+    t = jnp.linalg.qr(probes.T, mode="r")
+    t_inv_t = jax.scipy.linalg.solve_triangular(t, jnp.eye(m, dtype=t.dtype), lower=False).T
+    projected = 1 / jnp.sum(t_inv_t**2, axis=0)
+    return _mean_and_error(low_rank + (n - m + 1) / projected * residual)
+
+
 def _xdiag(probes, y, z, q, r):
     """(k, n) exchangeable samples ``dᵢ`` (see the module docstring)."""
     s, _, _ = _exchangeable(probes, y, z, q, r)
@@ -211,6 +263,8 @@ def _impl(matvec, params, key, *, method, num_matvecs, host):
     rows, y, bad = apply(rows, bad=False, done=0)
     if method in ("hutchinson", "hutchinson_diag"):
         return *_finish_hutchinson(rows, y, diag=diag), bad, num_matvecs
+    if method == "xnystrace":
+        return *_finish_xnystrace(rows, y), bad, num_matvecs
     k = rows.shape[0]
     qt, r = _qr(y)
     qt, z, bad = apply(qt, bad=bad, done=k)
@@ -259,6 +313,14 @@ xtrace = _trace("xtrace")
 xtrace.__name__ = xtrace.__qualname__ = "xtrace"
 xtrace.__doc__ = """XTrace ``tr(A)`` from ``num_matvecs`` (≥ 4; an odd one is not spent) matvecs
 -> :class:`TraceEstimate` (module docstring)."""
+
+xnystrace = _trace("xnystrace")
+xnystrace.__name__ = xnystrace.__qualname__ = "xnystrace"
+xnystrace.__doc__ = """XNysTrace ``tr(A)`` of a **positive semi-definite** ``A`` from
+``num_matvecs`` (≥ 2) matvecs -> :class:`TraceEstimate` (module docstring): every matvec goes
+into one Nyström sketch, so for a PSD operator it usually beats XTrace at the same budget. For
+the Hessian of a network (indefinite) use :func:`xtrace` or :func:`hutchpp`; for its GGN or
+Fisher this one."""
 
 
 def diagonal(
