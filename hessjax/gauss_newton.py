@@ -19,6 +19,11 @@ A matvec never forms J: per batch, ``jax.linearize`` of the model's outputs give
 "outputs" are the B per-sample losses: ``E v = (1/B) Σᵢ gᵢ (gᵢᵀv)`` with ``gᵢᵀv`` from one
 JVP. Batching, exact tail weights, meshes and ``.linearize()`` are those of
 :func:`hessjax.hessian_operator`; every solver applies (the matrices are PSD).
+
+``select=`` (as :func:`hessjax.block_operator`'s, hessjax/blocks.py) gives the diagonal block
+``C_SS`` for a subset ``S`` of the parameters: ``J`` becomes ``∂z/∂θ_S`` with the other
+parameters fixed, so ``G_SS = (1/N) Σᵢ J_{S,i}ᵀ H_ℓ,ᵢ J_{S,i}`` is exactly the ``S × S`` block
+of ``G`` (and likewise for the Fisher matrices).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from hessjax import batching, loops, tree
+from hessjax import batching, blocks, loops, tree
 from hessjax._internal import ApplyFn, Partial, check_positive_int, replicated
 from hessjax.hessian import _check_data, _constrain_batch
 from hessjax.losses import cross_entropy, split_variables
@@ -45,6 +50,11 @@ __all__ = ["KINDS", "GaussNewtonOperator", "gauss_newton_operator"]
 
 def _apply_params(apply_fn: ApplyFn, state: dict, params: Any, x: jax.Array) -> jax.Array:
     return apply_fn({"params": params, **state}, x)
+
+
+def _block_model(model: Partial, params: Any, sub: dict[str, Any], x: jax.Array) -> jax.Array:
+    """The logits with the selected leaves ``sub`` put into the fixed ``params``."""
+    return model(blocks.merge(params, sub), x)
 
 
 @functools.lru_cache(maxsize=64)
@@ -145,6 +155,7 @@ def gauss_newton_operator(
     batch_size: int,
     kind: str = "ggn",
     mesh: Mesh | None = None,
+    select: blocks.Selector | None = None,
 ) -> GaussNewtonOperator:
     """The GGN / true Fisher / empirical Fisher of mean softmax cross-entropy, as ``v -> C v``.
 
@@ -158,10 +169,13 @@ def gauss_newton_operator(
       kind: ``"ggn"`` (default), ``"fisher"`` or ``"empirical_fisher"`` (module docstring).
       mesh: optional ``Mesh``: batches split over its devices, params replicated
         (``batch_size`` divisible by ``mesh.size``).
+      select: optional parameter selector (a module name or path prefix, a ``re.Pattern``, a
+        ``(path, leaf) -> bool`` or a list of these; hessjax/blocks.py): the operator is then
+        the block ``C_SS`` over ``blocks.restrict(params, select)``, the others fixed.
 
     Returns:
-      A :class:`GaussNewtonOperator` over ``variables["params"]``:
-      ``C v = Σ_b (n_b / N) C_b v``, exact for any ``N``.
+      A :class:`GaussNewtonOperator` over ``variables["params"]`` (with ``select``: over the
+      selected sub-params, ``op.params``): ``C v = Σ_b (n_b / N) C_b v``, exact for any ``N``.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -173,6 +187,9 @@ def gauss_newton_operator(
     batch_size = batching.fast_batch_size(batch_size, mesh)  # a memory bound (as the Hessian's)
     params, state = split_variables(variables)
     model = Partial(_model_for(apply_fn), jax.tree_util.tree_map(jnp.asarray, state))
+    if select is not None:
+        model = Partial(_block_model, model, params)
+        params = blocks.restrict(params, select)
     full, tail = batching.device_batches(tuple(data), batch_size, mesh)
     if mesh is not None:
         params, model = jax.device_put((params, model), replicated(mesh))

@@ -72,6 +72,30 @@ def test_operators_equal_their_dense_definitions(case):
     assert np.linalg.eigvalsh(ggn).min() > -1e-12 and np.linalg.eigvalsh(emp).min() > -1e-12
 
 
+@pytest.mark.parametrize("kind", ["ggn", "empirical_fisher"])
+def test_blocks_are_the_sub_blocks_of_the_dense_matrices(kind):
+    """select= gives C_SS: the rows and columns of the selected leaves of the dense matrix."""
+    model, variables, data = _setup("mlp", seed=2)
+    params = variables["params"]
+    dense = dict(zip(("ggn", "empirical_fisher"), _dense_truth(model, variables, data)))[kind]
+    select = ["Dense_1", "Dense_2/bias"]
+    mark = hessjax.blocks.merge(
+        jax.tree.map(jnp.zeros_like, params),
+        {k: jnp.ones_like(a) for k, a in hessjax.blocks.restrict(params, select).items()},
+    )
+    idx = np.flatnonzero(ravel_pytree(mark)[0])  # the selected coordinates of the flat params
+    op = hessjax.gauss_newton_operator(
+        model.apply, variables, data, batch_size=4, kind=kind, select=select
+    )
+    assert sorted(op.params) == ["Dense_1/bias", "Dense_1/kernel", "Dense_2/bias"]
+    v = _random(op.params, 3)
+    truth = dense[np.ix_(idx, idx)] @ np.asarray(ravel_pytree(v)[0])
+    np.testing.assert_allclose(ravel_pytree(op(v))[0], truth, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(ravel_pytree(op.linearize()(v))[0], truth, rtol=1e-9, atol=1e-12)
+    est = hessjax.xnystrace(op, op.params, num_matvecs=len(idx), key=jax.random.key(0))
+    np.testing.assert_allclose(est.value, np.trace(dense[np.ix_(idx, idx)]), rtol=1e-10)
+
+
 def test_true_fisher_equals_ggn_for_softmax_cross_entropy():
     # Two different computations: Σ_c p_c s_c s_cᵀ from the log-softmax Jacobian, and the
     # forward-over-reverse Hessian of the cross-entropy w.r.t. the logits.
