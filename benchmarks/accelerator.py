@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shlex
 import subprocess
 import sys
 import time
@@ -89,7 +90,7 @@ def parse_args(argv=None):
 def run_step(name: str, argv: list[str], timeout: float) -> dict[str, Any]:
     """Run ``python -m benchmarks.<name> *argv``, its output streamed; status and wall time."""
     cmd = [sys.executable, "-m", f"benchmarks.{name}", *argv]
-    common.log(f"[{name}]", " ".join(cmd[1:]))
+    common.log(f"[{name}]", shlex.join(cmd[1:]))
     start = time.perf_counter()
     try:
         rc = subprocess.run(cmd, timeout=timeout, check=False).returncode
@@ -97,7 +98,7 @@ def run_step(name: str, argv: list[str], timeout: float) -> dict[str, Any]:
     except subprocess.TimeoutExpired:
         status = f"timed out after {timeout:.0f} s"
     return {
-        "command": " ".join(["python", *cmd[1:]]),
+        "command": shlex.join(["python", *cmd[1:]]),
         "status": status,
         "wall_seconds": time.perf_counter() - start,
     }
