@@ -25,12 +25,6 @@ numbers are not the benchmark's.
 
 from __future__ import annotations
 
-import json
-import pathlib
-import shlex
-import subprocess
-import sys
-import time
 from typing import Any
 
 from benchmarks import common
@@ -85,23 +79,6 @@ def parse_args(argv=None):
         "--out", default=None, help="results/<out>.{json,md}; default accelerator_<backend>"
     )
     return p.parse_args(argv)
-
-
-def run_step(name: str, argv: list[str], timeout: float) -> dict[str, Any]:
-    """Run ``python -m benchmarks.<name> *argv``, its output streamed; status and wall time."""
-    cmd = [sys.executable, "-m", f"benchmarks.{name}", *argv]
-    common.log(f"[{name}]", shlex.join(cmd[1:]))
-    start = time.perf_counter()
-    try:
-        rc = subprocess.run(cmd, timeout=timeout, check=False).returncode
-        status = "ok" if rc == 0 else f"failed (exit {rc})"
-    except subprocess.TimeoutExpired:
-        status = f"timed out after {timeout:.0f} s"
-    return {
-        "command": shlex.join(["python", *cmd[1:]]),
-        "status": status,
-        "wall_seconds": time.perf_counter() - start,
-    }
 
 
 # ----------------------------------------------------------------------------- summaries
@@ -197,14 +174,11 @@ def main(argv=None):
     results_dir = common.RESULTS_DIR / out
     steps: dict[str, Any] = {}
     for name in names:
-        sub_out = str(results_dir / name)
-        argv_ = [*preset[name], "--data-dir", args.data_dir, "--out", sub_out]
+        argv_ = [*preset[name], "--data-dir", args.data_dir, "--out", str(results_dir / name)]
         if name in USES_TORCH:
             argv_ += ["--torch-device", args.torch_device]
-        step = run_step(name, argv_, args.step_timeout)
-        json_path = pathlib.Path(sub_out + ".json")
-        if step["status"] == "ok" and json_path.exists():
-            step["results"] = json.loads(json_path.read_text())
+        step = common.run_module(name, argv_, timeout=args.step_timeout)
+        if "results" in step:
             step["summary"] = summarize(name, step["results"])
         steps[name] = step
         common.log(f"[{name}] {step['status']} in {step['wall_seconds']:.0f} s")

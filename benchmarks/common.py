@@ -352,9 +352,48 @@ def momentum_trace(opt_state: Any) -> Any:
 # ----------------------------------------------------------------------------- results
 
 
+def portable(value: Any) -> Any:
+    """``value`` with this checkout's absolute paths written relative to the repository root
+    (``<root>/x`` -> ``x``, ``<root>/../shared/data`` -> ``../shared/data``), so recorded results
+    name no path of the machine they ran on; non-strings unchanged."""
+    if not isinstance(value, str):
+        return value
+    return value.replace(f"{_REPO_ROOT}/", "").replace(f"{_REPO_ROOT.parent}/", "../")
+
+
 def command_line(module: str) -> str:
     """The command that reproduces this run (from the repository root)."""
-    return shlex.join(["python", "-m", module, *sys.argv[1:]])
+    return portable(shlex.join(["python", "-m", module, *sys.argv[1:]]))
+
+
+def run_module(
+    name: str,
+    argv: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    timeout: float | None = None,
+) -> dict[str, Any]:
+    """Run ``python -m benchmarks.<name> *argv`` from the repository root (output streamed),
+    with ``env`` added to the environment. Returns the command, ``status`` ("ok", "failed (exit
+    N)" or "timed out after S s"), the wall seconds and, when it wrote one, the JSON of
+    ``results/<--out>.json`` under ``"results"``."""
+    cmd = [sys.executable, "-m", f"benchmarks.{name}", *argv]
+    command = portable(shlex.join(["python", *cmd[1:]]))
+    log(f"[{name}]", " ".join(f"{k}={v}" for k, v in (env or {}).items()), command)
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            cmd, cwd=_REPO_ROOT, env={**os.environ, **(env or {})}, timeout=timeout, check=False
+        )
+        status = "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
+    except subprocess.TimeoutExpired:
+        status = f"timed out after {timeout:.0f} s"
+    out = {"command": command, "status": status, "wall_seconds": time.perf_counter() - start}
+    if status == "ok" and "--out" in argv:
+        json_path = _results_path(argv[list(argv).index("--out") + 1]).with_suffix(".json")
+        if json_path.exists():
+            out["results"] = json.loads(json_path.read_text())
+    return out
 
 
 def footer(env: dict[str, Any], module: str) -> list[str]:
@@ -381,11 +420,15 @@ def _atomic_write(path: pathlib.Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _results_path(stem: str) -> pathlib.Path:
+    """``--out``: a bare name goes to ``results/``, a path is taken as given."""
+    out = pathlib.Path(stem)
+    return RESULTS_DIR / out if not out.is_absolute() and out.parent == pathlib.Path(".") else out
+
+
 def write_results(stem: str, payload: dict[str, Any], markdown: str) -> tuple[str, str]:
     """``results/<stem>.json`` and ``results/<stem>.md``, written atomically."""
-    out = pathlib.Path(stem)
-    if not out.is_absolute() and out.parent == pathlib.Path("."):
-        out = RESULTS_DIR / out
+    out = _results_path(stem)
     json_path, md_path = out.with_suffix(".json"), out.with_suffix(".md")
     _atomic_write(json_path, json.dumps(payload, indent=2, default=_jsonable) + "\n")
     _atomic_write(md_path, markdown.rstrip() + "\n")
@@ -406,7 +449,7 @@ def finish(
     payload: dict[str, Any] = {"command": command_line(module), "environment": env}
     if load_at_end:
         payload["environment_at_end"] = {"load_average_1_5_15": list(os.getloadavg())}
-    payload.update(args=vars(args), **results)
+    payload.update(args={k: portable(v) for k, v in vars(args).items()}, **results)
     paths = write_results(args.out, payload, markdown)
     print(markdown)
     log("wrote", *paths)

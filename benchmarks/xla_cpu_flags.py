@@ -17,12 +17,6 @@ what survives a shared machine's load; absolute times are in each variant's JSON
 
 from __future__ import annotations
 
-import json
-import os
-import pathlib
-import subprocess
-import sys
-
 from benchmarks import common
 
 #: ``XLA_FLAGS`` values tried by default ("" = XLA's defaults), all present in jaxlib 0.10.
@@ -53,21 +47,16 @@ def parse_args(argv=None):
 
 
 def run_variant(flags: str, index: int, args) -> dict:
-    """``hvp_vs_grad`` under ``XLA_FLAGS=flags``; its JSON, or the failure."""
-    out = common.RESULTS_DIR / args.out / f"variant{index}"
-    cmd = [
-        *(sys.executable, "-m", "benchmarks.hvp_vs_grad", "--models", args.models),
-        *("--repeats", str(args.repeats), "--number", "1", "--slow-repeats", "1"),
-        *("--data-dir", args.data_dir, "--torch-device", "cpu", "--out", str(out)),
+    """``hvp_vs_grad`` under ``XLA_FLAGS=flags``: :func:`benchmarks.common.run_module`'s record
+    with ``flags``."""
+    argv = [
+        *("--models", args.models, "--repeats", str(args.repeats), "--number", "1"),
+        *("--slow-repeats", "1", "--data-dir", args.data_dir, "--torch-device", "cpu"),
+        *("--out", str(common.RESULTS_DIR / args.out / f"variant{index}")),
     ]
     if args.torch_threads:
-        cmd += ["--torch-threads", str(args.torch_threads)]
-    env = {**os.environ, "XLA_FLAGS": flags}
-    common.log(f"XLA_FLAGS={flags or '(unset)'}")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        return {"flags": flags, "error": proc.stderr.strip().splitlines()[-3:]}
-    return {"flags": flags, "results": json.loads(pathlib.Path(f"{out}.json").read_text())}
+        argv += ["--torch-threads", str(args.torch_threads)]
+    return {"flags": flags, **common.run_module("hvp_vs_grad", argv, env={"XLA_FLAGS": flags})}
 
 
 def main(argv=None):
@@ -78,8 +67,8 @@ def main(argv=None):
     runs = [run_variant(flags, i, args) for i, flags in enumerate(variants)]
     rows = []
     for run in runs:
-        if "error" in run:
-            rows.append([run["flags"] or "(unset)", "failed", " ".join(run["error"]), "", ""])
+        if "results" not in run:
+            rows.append([run["flags"] or "(unset)", "", run["status"], "", ""])
             continue
         for r in run["results"]["results"]:
             med = {k: r["ratios"][key]["median"] for k, key in RATIOS.items()}
