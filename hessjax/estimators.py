@@ -174,12 +174,17 @@ def _finish_hutchpp(qt, z, g, ag):
     return jnp.sum(qt * z) + mean, error
 
 
+def _inverse_transpose(r):
+    """``R⁻ᵀ`` of an upper-triangular ``R`` (k, k); its ``i``-th column is orthogonal to every
+    column of ``R`` but the ``i``-th (the leave-one-out direction of a QR factorisation)."""
+    return jax.scipy.linalg.solve_triangular(r, jnp.eye(r.shape[0], dtype=r.dtype), lower=False).T
+
+
 def _exchangeable(probes, y, z, q, r):
     """Pieces shared by XTrace and XDiag: ``S`` (unit columns of ``R⁻ᵀ``), ``H = QᵀAQ``,
     ``W = QᵀΩ``. ``probes``/``y`` (k, n) rows ``ωᵢ`` / ``Aωᵢ``; ``q``/``z`` (n, k) ``Q`` /
     ``AQ``; ``r`` (k, k)."""
-    k = r.shape[0]
-    s = jax.scipy.linalg.solve_triangular(r, jnp.eye(k, dtype=r.dtype), lower=False).T
+    s = _inverse_transpose(r)
     s = s / jnp.linalg.norm(s, axis=0)
     return s, q.T @ z, q.T @ probes.T
 
@@ -221,9 +226,7 @@ def _finish_xnystrace(probes, y):
     low_rank = jnp.sum(f**2) - jnp.sum(z**2, axis=0)
     residual = jnp.sum(z * probes.T, axis=0) ** 2
     # ‖(I − P₍ᵢ₎)ωᵢ‖² = 1/‖T⁻ᵀeᵢ‖² for Ω = QT (the projection leaves cᵢQsᵢ, cᵢ = sᵢᵀtᵢ)
-    t = jnp.linalg.qr(probes.T, mode="r")
-    t_inv_t = jax.scipy.linalg.solve_triangular(t, jnp.eye(m, dtype=t.dtype), lower=False).T
-    projected = 1 / jnp.sum(t_inv_t**2, axis=0)
+    projected = 1 / jnp.sum(_inverse_transpose(jnp.linalg.qr(probes.T, mode="r")) ** 2, axis=0)
     return _mean_and_error(low_rank + (n - m + 1) / projected * residual)
 
 
