@@ -42,13 +42,32 @@ def _pad_rows(a, size: int):
 CPU_SAMPLES_PER_DEVICE = 128
 
 
-def fast_batch_size(batch_size: int, mesh: Mesh | None = None) -> int:
+def fast_batch_size(
+    batch_size: int, mesh: Mesh | None = None, num_samples: int | None = None
+) -> int:
     """The batch a walk over the data uses for a user's ``batch_size`` (a memory bound): on CPU
     at most :data:`CPU_SAMPLES_PER_DEVICE` per device of ``mesh``, elsewhere ``batch_size``.
-    Per-sample quantities and mean-loss sums do not depend on the batching, only speed does."""
+
+    When that cap splits ``num_samples`` into several batches, the batches are chosen so that
+    the data walk compiles one batch shape, not two (full batches and a short tail): the largest
+    multiple of the device count in ``(cap/2, cap]`` that divides N (N = 1,000 or 50,000 with the
+    cap 128: batches of 125 rather than 128 and a tail of 104 or 80), else the fewest batches of
+    at most the cap, balanced (``⌈N / ⌈N / cap⌉⌉``, rounded up to the device count). Per-sample
+    quantities and mean-loss sums do not depend on the batching, only speed does."""
+    batch_size = int(batch_size)
     if jax.default_backend() != "cpu":
-        return int(batch_size)
-    return min(int(batch_size), CPU_SAMPLES_PER_DEVICE * mesh_size(mesh))
+        return batch_size
+    devices = mesh_size(mesh)
+    cap = CPU_SAMPLES_PER_DEVICE * devices
+    if batch_size <= cap:
+        return batch_size
+    if num_samples is None or num_samples <= cap:
+        return cap
+    n = int(num_samples)
+    for size in range(cap, cap // 2, -devices):
+        if n % size == 0:
+            return size
+    return round_up(-(-n // -(-n // cap)), devices)
 
 
 def check_mesh_divides(batch_size: int, mesh: Mesh | None) -> None:
@@ -61,9 +80,9 @@ def check_mesh_divides(batch_size: int, mesh: Mesh | None) -> None:
 
 
 def chunk_size(n: int, batch_size: int, mesh: Mesh | None = None) -> int:
-    """Rows per chunk: ``min(fast_batch_size(batch_size), n)`` rounded up to a multiple of the
-    mesh's devices."""
-    rows = min(fast_batch_size(batch_size, mesh), int(n))
+    """Rows per chunk: ``min(fast_batch_size(batch_size, mesh, n), n)`` rounded up to a multiple
+    of the mesh's devices."""
+    rows = min(fast_batch_size(batch_size, mesh, int(n)), int(n))
     return round_up(max(rows, 1), mesh_size(mesh))
 
 

@@ -25,9 +25,8 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
 
-from hessjax import lanczos, loops
+from hessjax import lanczos, loops, tree
 from hessjax._internal import as_partial as _as_partial
 from hessjax.lanczos import NonFiniteError
 
@@ -46,10 +45,6 @@ class EigenResult(NamedTuple):
     residuals: jax.Array
     num_matvecs: jax.Array
     converged: jax.Array
-
-
-def _flat_matvec(matvec: Callable, unravel: Callable) -> Callable[[jax.Array], jax.Array]:
-    return lambda x: ravel_pytree(matvec(unravel(x)))[0].astype(x.dtype)
 
 
 def _unit(v: jax.Array) -> jax.Array:
@@ -210,8 +205,8 @@ def _power_top_k(mv, key, k, tol, max_iters, n, dtype, host):
 
 
 def _eigenvalues_impl(matvec, params, key, *, k, method, tol, max_matvecs, host):
-    flat, unravel = ravel_pytree(params)
-    mv = _flat_matvec(matvec, unravel)
+    flat = tree.flat_spec(params)
+    mv = tree.flat_matvec(matvec, params)
     n, dtype = flat.shape[0], flat.dtype
     if method == "lanczos":
         v0 = jax.random.normal(key, (n,), dtype)
@@ -224,7 +219,9 @@ def _eigenvalues_impl(matvec, params, key, *, k, method, tol, max_matvecs, host)
             jnp.where(bad, jnp.nan, a) for a in (values, flat_vectors, residuals)
         )
         converged = converged & ~bad
-    result = EigenResult(values, jax.vmap(unravel)(flat_vectors), residuals, count, converged)
+    result = EigenResult(
+        values, tree.unravel_rows(flat_vectors, params), residuals, count, converged
+    )
     return result, bad
 
 
@@ -276,7 +273,7 @@ def eigenvalues(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    n = ravel_pytree(params)[0].shape[0]
+    n = tree.flat_spec(params).shape[0]
     if not 1 <= k <= n:
         raise ValueError(f"k must be between 1 and the number of parameters ({n}), got {k}")
     if tol <= 0:

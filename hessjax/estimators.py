@@ -49,9 +49,8 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from hessjax import lanczos, loops
+from hessjax import lanczos, loops, tree
 from hessjax._internal import as_partial, check_positive_int
-from hessjax.eigen import _flat_matvec
 
 __all__ = [
     "DiagonalEstimate",
@@ -254,9 +253,9 @@ def _finish_exact(ae, *, diag):
 def _impl(matvec, params, key, *, method, num_matvecs, host):
     """``(value, error, bad, count)`` with ``value``/``error`` flat: () for traces, (n,) for
     diagonals."""
-    flat, unravel = ravel_pytree(params)
+    flat = tree.flat_spec(params)
     n, dtype = flat.shape[0], flat.dtype
-    mv = _flat_matvec(matvec, unravel)
+    mv = tree.flat_matvec(matvec, params)
     apply = functools.partial(_apply_rows, mv, host=host, solver=f"hessjax.estimators.{method}")
     diag = method in ("hutchinson_diag", "xdiag")
     if n <= num_matvecs:  # exact from the unit vectors

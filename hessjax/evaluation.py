@@ -88,7 +88,7 @@ def full_gradient_norm(
     n = tree.leading_dim(data)
     batch_size = min(check_positive_int("batch_size", batch_size), n)
     batching.check_mesh_divides(batch_size, mesh)
-    batch_size = batching.fast_batch_size(batch_size, mesh)  # a memory bound (as the Hessian's)
+    batch_size = batching.fast_batch_size(batch_size, mesh, n)  # a memory bound (as the Hessian's)
     full, tail = batching.device_batches(data, batch_size, mesh)
     if mesh is not None:
         params = jax.device_put(params, replicated(mesh))

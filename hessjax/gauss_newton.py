@@ -184,7 +184,7 @@ def gauss_newton_operator(
     n = _check_data(data)
     batch_size = min(check_positive_int("batch_size", batch_size), n)
     batching.check_mesh_divides(batch_size, mesh)
-    batch_size = batching.fast_batch_size(batch_size, mesh)  # a memory bound (as the Hessian's)
+    batch_size = batching.fast_batch_size(batch_size, mesh, n)  # a memory bound (as the Hessian's)
     params, state = split_variables(variables)
     model = Partial(_model_for(apply_fn), jax.tree_util.tree_map(jnp.asarray, state))
     if select is not None:

@@ -116,7 +116,8 @@ def hessian_operator(
       data: pytree of arrays sharing the leading axis ``N`` (e.g. ``(x, y)``).
       batch_size: the most samples one HVP evaluation may hold (a memory bound, not a statistical
         knob); an int or a numpy integer. The operator may use smaller batches where they are
-        faster (:func:`hessjax.batching.fast_batch_size`: at most 128 samples per device on CPU).
+        faster (:func:`hessjax.batching.fast_batch_size`: at most 128 samples per device on CPU,
+        sized for one compiled batch shape).
       linearize: ``"auto"`` (default): cache each batch's linearised gradient
         (:meth:`HessianOperator.linearize`, each HVP ~25% cheaper) when its residuals fit
         ``memory_budget``, else stay plain, and log the choice (logger ``"hessjax"``); True:
@@ -141,7 +142,7 @@ def hessian_operator(
     loss_fn = as_partial(loss_fn)
     _check_scalar_loss(loss_fn, params, jax.tree_util.tree_map(lambda a: a[:batch_size], data))
     batching.check_mesh_divides(batch_size, mesh)
-    batch_size = batching.fast_batch_size(batch_size, mesh)
+    batch_size = batching.fast_batch_size(batch_size, mesh, n)
     full, tail = batching.device_batches(data, batch_size, mesh)
     if mesh is not None:
         params = jax.device_put(params, replicated(mesh))

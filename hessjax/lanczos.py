@@ -17,6 +17,7 @@ NaN or inf and makes the solver raise :class:`NonFiniteError` (see there).
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -165,8 +166,9 @@ class LanczosState(NamedTuple):
     step: jax.Array  # () int: completed steps
 
 
+@functools.partial(jax.jit, static_argnums=1)
 def init(v0: jax.Array, num_steps: int) -> LanczosState:
-    """State before the first step; ``v0`` (n,) need not be normalised."""
+    """State before the first step; ``v0`` (n,) need not be normalised (one compiled program)."""
     n, dtype = v0.shape[0], v0.dtype
     basis = jnp.zeros((num_steps + 1, n), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
     zeros = lambda: jnp.zeros((num_steps,), dtype)  # distinct buffers: loop carries are donated

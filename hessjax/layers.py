@@ -20,10 +20,9 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh
 
-from hessjax import blocks, eigen, estimators
+from hessjax import blocks, eigen, estimators, tree
 
 TRACE_METHODS = ("xtrace", "hutchpp", "hutchinson")
 
@@ -99,7 +98,7 @@ def layer_curvature(
             loss_fn, params, data, select=blocks.layer_selector(name), batch_size=batch_size,
             mesh=mesh,
         )  # fmt: skip
-        size = ravel_pytree(op.params)[0].shape[0]
+        size = tree.flat_spec(op.params).shape[0]
         layer_key = jax.random.fold_in(key, i)
         eig = eigen.eigenvalues(
             op, op.params, k=min(k, size), tol=tol, max_matvecs=max_matvecs, key=layer_key

@@ -20,11 +20,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
 
-from hessjax import lanczos, loops
+from hessjax import lanczos, loops, tree
 from hessjax._internal import as_partial as _as_partial
-from hessjax.eigen import _flat_matvec
 from hessjax.lanczos import NonFiniteError
 
 __all__ = [
@@ -42,7 +40,7 @@ _DENSITY = "hessjax.density / spectral_quadrature"
 
 
 def _trace_samples_impl(matvec, params, key, *, num_samples, host):
-    flat, unravel = ravel_pytree(params)
+    flat = tree.flat_spec(params)
     probe = lambda i: jax.random.rademacher(jax.random.fold_in(key, i), flat.shape, flat.dtype)
 
     def update(carry, az):
@@ -50,7 +48,7 @@ def _trace_samples_impl(matvec, params, key, *, num_samples, host):
         return i + 1, samples.at[i].set(jnp.vdot(probe(i), az))
 
     (count, samples), bad = lanczos.guarded_matvec_loop(
-        _flat_matvec(matvec, unravel),
+        tree.flat_matvec(matvec, params),
         lambda c: probe(c[0]),
         update,
         lambda c: c[0] < num_samples,
@@ -99,8 +97,8 @@ class Quadrature(NamedTuple):
 
 
 def _quadrature_impl(matvec, params, key, *, num_steps, num_runs, host):
-    flat, unravel = ravel_pytree(params)
-    mv = _flat_matvec(matvec, unravel)
+    flat = tree.flat_spec(params)
+    mv = tree.flat_matvec(matvec, params)
 
     def one_run(k, bad, done):
         v0 = jax.random.rademacher(k, flat.shape, flat.dtype)
@@ -140,7 +138,7 @@ def spectral_quadrature(
 
     Raises ``NonFiniteError`` at the first matvec returning NaN/inf (NaN under an outer jit).
     """
-    n = ravel_pytree(params)[0].shape[0]
+    n = tree.flat_spec(params).shape[0]
     if not 1 <= num_steps <= n:
         raise ValueError(f"num_steps must be in [1, {n}] (the operator's size), got {num_steps}")
     if num_runs < 1:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
 
 
 def zeros_like(t: Any) -> Any:
@@ -36,3 +39,36 @@ def leading_dim(t: Any, axis: int = 0) -> int:
     """Size of ``axis`` shared by the leaves of ``t`` (0 for an empty pytree)."""
     leaves = jax.tree_util.tree_leaves(t)
     return int(leaves[0].shape[axis]) if leaves else 0
+
+
+def flat_spec(t: Any) -> jax.ShapeDtypeStruct:
+    """Shape ``(P,)`` and dtype of ``ravel_pytree(t)[0]``, without computing it."""
+    return jax.eval_shape(lambda u: ravel_pytree(u)[0], t)
+
+
+@functools.partial(jax.jit, static_argnames="dtype")
+def _ravel(t: Any, dtype) -> jax.Array:
+    return ravel_pytree(t)[0].astype(dtype)
+
+
+@jax.jit
+def _unravel_like(flat: jax.Array, like: Any) -> Any:
+    return ravel_pytree(like)[1](flat)
+
+
+def flat_matvec(matvec: Callable[[Any], Any], like: Any) -> Callable[[jax.Array], jax.Array]:
+    """``x ↦ ravel(matvec(unravel(x)))`` on flat ``(P,)`` vectors, for a ``matvec`` on pytrees
+    shaped like ``like`` (e.g. the params). The ravel and unravel are compiled programs (one each
+    per structure of ``like``), not one eager op per leaf per call: on M1's 1.26 M parameters
+    that saves ~3 ms per matvec and ~20 small compilations per solver call."""
+    return lambda x: _ravel(matvec(_unravel_like(x, like)), x.dtype)
+
+
+@jax.jit
+def _unravel_rows_like(rows: jax.Array, like: Any) -> Any:
+    return jax.vmap(ravel_pytree(like)[1])(rows)
+
+
+def unravel_rows(rows: jax.Array, like: Any) -> Any:
+    """``(k, P)`` flat vectors as one pytree shaped like ``like`` with a leading axis ``k``."""
+    return _unravel_rows_like(rows, like)

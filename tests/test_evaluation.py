@@ -40,6 +40,37 @@ def test_map_chunks_equals_the_direct_map(batch_size):
     assert set(calls) == {min(batch_size, 23)}  # one shape: the last chunk is padded
 
 
+class _FakeMesh:  # fast_batch_size only reads the device count
+    def __init__(self, size):
+        self.size = size
+
+
+@pytest.mark.parametrize(
+    "n, batch_size, devices, expected",
+    [
+        (1000, 1000, 1, 125),  # 8 batches of 125, not 7 of 128 and a tail of 104
+        (1000, 500, 1, 125),
+        (1000, 100, 1, 100),  # under the cap: the user's batch
+        (50_000, 50_000, 1, 125),
+        (1001, 1001, 1, 91),  # 7 · 11 · 13
+        (1009, 1009, 1, 127),  # a prime: 8 balanced batches, ⌈1009 / 8⌉ = 127 (tail 120)
+        (1000, 1000, 4, 500),  # cap 512 on 4 devices: 2 batches of 500
+        (1030, 1030, 4, 344),  # no multiple of 4 in (256, 512] divides 1030: ⌈1030 / 3⌉ = 344
+        (1030, 1030, 3, 345),  # ⌈1030 / 3⌉ = 344, rounded up to a multiple of the 3 devices
+        (130, 130, 1, 65),
+    ],
+)
+def test_fast_batch_size_balances_batches_under_the_cpu_cap(n, batch_size, devices, expected):
+    mesh = None if devices == 1 else _FakeMesh(devices)
+    size = batching.fast_batch_size(batch_size, mesh, n)
+    assert size == expected
+    cap = batching.CPU_SAMPLES_PER_DEVICE * devices
+    assert size <= min(batch_size, cap) and size % devices == 0
+    assert size > cap // 2 or batch_size <= cap
+    if n % size:  # no divisor: the fewest batches the cap allows
+        assert -(-n // size) == -(-n // cap)
+
+
 @pytest.mark.parametrize("batch_size", [4, 7, 23])
 def test_batch_mean_weights_the_tail_exactly(batch_size, loop_mode):
     data = np.random.default_rng(0).normal(size=(23, 3))
