@@ -133,8 +133,10 @@ def figure(config, rows: dict, path: pathlib.Path, *, xlabel: str) -> pathlib.Pa
     numeric = all(str(b).isdigit() for b in labels)
     xs = [int(b) for b in labels] if numeric else list(range(len(labels)))
     names = list(rows[labels[0]]["layers"])
-    colors = plt.cm.tab10(np.arange(len(names)) % 10)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    # One distinct colour per layer (tab10 repeats after 10 layers; C2 has 11 blocks).
+    palette = plt.cm.tab10 if len(names) <= 10 else plt.cm.tab20
+    colors = palette(np.arange(len(names)) % palette.N)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5.0))
     for ax, key, ylabel in (
         (axes[0], "lambda_max", r"$\lambda_{max}$ of the layer's Hessian block"),
         (axes[1], "trace", "trace of the layer's Hessian block"),
@@ -161,11 +163,15 @@ def figure(config, rows: dict, path: pathlib.Path, *, xlabel: str) -> pathlib.Pa
             ax.set_xscale("log", base=2)
         ax.set_xticks(xs, [str(b) for b in labels])
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=7, title="layer", title_fontsize=8)
     axes[2].legend(fontsize=8)
     n = rows[labels[0]]["samples"]
     fig.suptitle(
         f"{config.name}: curvature per layer and Gauss-Newton vs Hessian ({n} train samples)"
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.16, 1, 1))  # the layer legend goes below, off the curves
+    handles, names_shown = axes[0].get_legend_handles_labels()
+    fig.legend(
+        handles, names_shown, loc="lower center", ncol=min(len(names), 6), fontsize=8,
+        title="layer", title_fontsize=8,
+    )  # fmt: skip
     return plots.save(fig, path)
