@@ -5,15 +5,18 @@ Two parts, each variant in a fresh process (compilation caches are per process),
 alternating over ``--rounds``:
 
 * ``solver``: ``hessjax.eigenvalues(k=10)`` on M1's parameter structure (1,256,080 float32) with a
-  compiled diagonal matvec (~1 ms, so the time is the solver's), run for exactly ``--steps`` steps
-  (28: what top-10 of M1 on 1,000 images takes). ``compiled``: the current solver (compiled
-  ravel/unravel, ``hessjax.tree.flat_matvec``; compiled ``lanczos.init``). ``eager``: the previous
-  code path, rebuilt here: eager ``ravel_pytree`` / ``unravel`` around every matvec (one op per
-  parameter leaf), an eager ``init``.
+  compiled diagonal matvec (~1 ms, so the time is the solver's; its output is committed to the
+  device, as a Hessian operator's is), run for exactly ``--steps`` steps (28: what top-10 of M1
+  on 1,000 images takes).
 * ``operator``: ``hessian_operator(loss, M1 params, 1,000 MNIST images, batch_size=1000)``
-  (linearised by default), then its first and a warm HVP. ``balanced``: the current batching (8
-  batches of 125, one compiled shape); ``tail``: the previous rule (7 batches of 128 and a tail
-  of 104, two shapes: two linearisations and two HVP programs to compile).
+  (linearised by default), then its first and a warm HVP.
+
+``current`` is the library as it is. ``previous`` rebuilds, by patching, the code before
+2026-12-04: eager ``ravel_pytree`` / ``unravel`` around every matvec (one op per parameter leaf)
+and an eager ``lanczos.init`` instead of ``hessjax.tree.flat_matvec``; host loops that do not
+commit their first arguments (``hessjax._internal.committed``), so the Lanczos update and each
+batch HVP compile twice (uncommitted first call, committed later ones); and batches of the cap
+whatever the tail (7 of 128 and a tail of 104 instead of 8 of 125: two shapes to compile).
 
     python -m benchmarks.solver_overhead                    # both parts, 3 rounds (~3 min)
 """
@@ -33,7 +36,7 @@ from jax.flatten_util import ravel_pytree
 
 from benchmarks import common
 
-PARTS = {"solver": ("compiled", "eager"), "operator": ("balanced", "tail")}
+PARTS = {"solver": ("current", "previous"), "operator": ("current", "previous")}
 
 
 def parse_args(argv=None):
@@ -48,9 +51,9 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def _use_previous_solver() -> None:
-    """The flat-vector plumbing as it was before ``hessjax.tree.flat_matvec``: eager."""
-    from hessjax import lanczos, tree
+def _use_previous_code() -> None:
+    """Patch the library back to its state before 2026-12-04 (see the module docstring)."""
+    from hessjax import batching, lanczos, loops, tree
 
     def flat_matvec(matvec, like):
         unravel = ravel_pytree(like)[1]
@@ -60,16 +63,23 @@ def _use_previous_solver() -> None:
     tree.unravel_rows = lambda rows, like: jax.vmap(ravel_pytree(like)[1])(rows)
     tree.flat_spec = lambda like: ravel_pytree(like)[0]
     lanczos.init = lanczos.init.__wrapped__
+    loops.committed = batching.committed = lambda t: t
+    batching.fast_batch_size = lambda batch_size, mesh=None, num_samples=None: min(
+        int(batch_size), batching.CPU_SAMPLES_PER_DEVICE
+    )
 
 
 def _solver(args, variant: str) -> dict:
     import hessjax
     from hessjax import models
 
-    if variant == "eager":
-        _use_previous_solver()
+    if variant == "previous":
+        _use_previous_code()
     params = models.init("m1", jax.random.key(0))["params"]
-    scales = jax.tree.map(lambda p: jnp.linspace(0.0, 1.0, p.size).reshape(p.shape), params)
+    device = jax.devices()[0]  # committed, like a Hessian operator's output
+    scales = jax.tree.map(
+        lambda p: jax.device_put(jnp.linspace(0.0, 1.0, p.size).reshape(p.shape), device), params
+    )
     matvec = jax.jit(lambda v: jax.tree.map(jnp.multiply, v, scales))
     common.block(matvec(params))
     mv_seconds = common.median([common.timed(lambda: matvec(params))[0] for _ in range(20)])
@@ -94,13 +104,10 @@ def _solver(args, variant: str) -> dict:
 
 def _operator(args, variant: str) -> dict:
     import hessjax
-    from hessjax import batching, models
+    from hessjax import models
 
-    if variant == "tail":  # the previous rule: the cap, whatever the tail
-        previous = lambda batch_size, mesh=None, num_samples=None: min(
-            int(batch_size), batching.CPU_SAMPLES_PER_DEVICE
-        )
-        batching.fast_batch_size = previous
+    if variant == "previous":
+        _use_previous_code()
     model = models.get("m1")
     variables = models.init("m1", jax.random.key(0))
     x, y = hessjax.data.load("mnist", "train", data_dir=args.data_dir, limit=args.num_images)
@@ -174,7 +181,7 @@ def main(argv=None):
         rows = [[v, *(med("solver", v, k) for k in keys)] for v in PARTS["solver"]]
         sections += [
             f"Lanczos, k = 10, {args.steps} steps on M1's 1,256,080 parameters, a ~"
-            f"{1e3 * med('solver', 'compiled', 'matvec_seconds'):.1f} ms diagonal matvec "
+            f"{1e3 * med('solver', 'current', 'matvec_seconds'):.1f} ms diagonal matvec "
             "(medians over processes):",
             common.markdown_table(
                 ["variant", "1st call s", "warm s", "compile s", "per step s"], rows

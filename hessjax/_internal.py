@@ -4,6 +4,7 @@
 * :func:`as_partial`: a callable as a pytree whose arrays are jit arguments.
 * :func:`batch_sharding` / :func:`replicated`: where a batch / a shared pytree lives on a mesh.
 * :func:`check_positive_int`: argument checks that accept numpy integers.
+* :func:`committed`: arrays pinned where they are, so host loops compile each piece once.
 """
 
 from __future__ import annotations
@@ -30,6 +31,25 @@ def as_partial(fn: Callable) -> Any:
     """
     leaves = jax.tree_util.tree_leaves(fn)
     return Partial(fn) if len(leaves) == 1 and leaves[0] is fn else fn
+
+
+def committed(tree: Any) -> Any:
+    """``tree`` with every uncommitted ``jax.Array`` leaf committed to where it already is.
+
+    ``jax.jit`` caches on whether each argument is committed, and a jitted function's outputs are
+    committed only when its inputs were. A Python loop around compiled pieces (the CPU solvers,
+    the data-set walks) whose first arguments are fresh uncommitted arrays (``jnp.zeros``, user
+    params) and whose later ones are committed outputs would compile every piece twice (measured:
+    the Lanczos update 0.55 s and a linearised M1 batch HVP 0.5 s, each twice). Tracers and
+    non-arrays pass through.
+    """
+
+    def commit(a):
+        if isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer) and not a.committed:
+            return jax.device_put(a, a.sharding)
+        return a
+
+    return jax.tree_util.tree_map(commit, tree)
 
 
 def auto_axes(mesh: Mesh) -> Mesh:

@@ -24,7 +24,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from hessjax import tree
-from hessjax._internal import batch_sharding, mesh_size, replicated, round_up
+from hessjax._internal import batch_sharding, committed, mesh_size, replicated, round_up
 from hessjax.distributed import check_mesh, spans_processes
 
 
@@ -219,7 +219,8 @@ def batch_mean(
         return _all_batches(
             term, args, full, tail, init, batch_size=batch_size, tail_size=tail_size
         )
-    total = init
+    # Committed arguments: every call below then hits one compiled program (see committed).
+    args, full, tail, total = committed((args, full, tail, init))
     for index in range(num_full):
         total = _add_one(term, args, total, full, index, size=batch_size, num_samples=n)
     if tail_size:

@@ -20,6 +20,7 @@ import jax
 from jax.sharding import Mesh
 
 from hessjax import batching
+from hessjax._internal import committed
 
 
 def host_loops() -> bool:
@@ -86,7 +87,9 @@ def matvec_loop(
         body = lambda c: update(c, matvec(prepare(c)))
         return jax.lax.while_loop(cond, body, carry)
     # The carry is donated: large solver state (a Krylov basis) is updated in place, not copied.
+    # It is committed first, so the first update and the later ones share one compilation.
     prepare, update, cond = _compiled(prepare), _compiled(update, donate=True), _compiled(cond)
+    carry = committed(carry)
     while bool(cond(carry)):
         carry = update(carry, matvec(prepare(carry)))
     return carry

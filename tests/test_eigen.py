@@ -160,6 +160,24 @@ def test_density_matches_the_eigenvalue_histogram(monkeypatch):
     assert abs(mean - evals.mean()) < 0.1 * np.abs(evals).max()
 
 
+def test_host_loop_compiles_each_piece_once(monkeypatch):
+    # The first carry holds fresh (uncommitted) arrays, later ones committed outputs; jit keys on
+    # that, so without committing the first carry every piece would compile twice per shape.
+    from hessjax import eigen, loops
+
+    monkeypatch.setenv("HESSJAX_HOST_LOOPS", "1")
+    diag = jax.device_put(jnp.linspace(0.0, 1.0, 37), jax.devices()[0])  # committed, as data
+    update = loops._compiled(eigen._lanczos_update(3), True)
+    before = update._cache_size()
+    for seed in range(2):
+        params = {"w": jnp.zeros(37)}  # a fresh uncommitted array each call
+        found = hessjax.eigenvalues(
+            lambda v: {"w": diag * v["w"]}, params, k=3, tol=1e-6, key=jax.random.key(seed)
+        )
+        np.testing.assert_allclose(found.values, diag[::-1][:3], rtol=1e-5)
+    assert update._cache_size() - before == 1
+
+
 def test_eigenvalue_arguments_are_checked():
     z = jnp.zeros(5)
     with pytest.raises(ValueError, match="method"):

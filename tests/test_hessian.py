@@ -96,11 +96,11 @@ def test_linearized_operator_compiles_once_and_checks_memory():
     # One abstract trace at construction (the scalar-loss check), then full batches + tail.
     counted = chex.assert_max_traces(lambda p, b: loss_fn(p, b), n=3)
     lop = hessjax.hessian_operator(counted, params, data, batch_size=4).linearize()
-    lop(_random_like(params, 0))
-    sizes = batching._add_one._cache_size(), batching._all_batches._cache_size()
-    for seed in range(1, 4):  # repeated matvecs reuse the compiled pieces
+    cache = lambda: batching._add_one._cache_size() + batching._all_batches._cache_size()
+    before = cache()
+    for seed in range(4):  # the first matvec and the later ones share the compiled pieces
         lop(_random_like(params, seed))
-    assert (batching._add_one._cache_size(), batching._all_batches._cache_size()) == sizes
+    assert cache() - before <= 2  # full batches + tail
     op = hessjax.hessian_operator(loss_fn, params, data, batch_size=4, linearize=False)
     with pytest.raises(ValueError, match="MiB of residuals"):
         op.linearize(max_bytes=100)
