@@ -11,6 +11,11 @@ alternating over ``--rounds``:
 * ``operator``: ``hessian_operator(loss, M1 params, 1,000 MNIST images, batch_size=1000)``
   (linearised by default), then its first and a warm HVP.
 
+* ``inside``: where a warm top-10 solve's time goes on the real problem of
+  ``benchmarks.top_eigenvalues_vs_pyhessian`` (M1 trained 1 epoch, 1,000 images,
+  ``batch_size=1000``): the operator is wrapped in a timer (each HVP blocked on), so the solve's
+  wall splits into HVP time and the solver's own work per step (``--warm`` solves).
+
 ``current`` is the library as it is. ``previous`` rebuilds, by patching, the code before
 2026-12-04: eager ``ravel_pytree`` / ``unravel`` around every matvec (one op per parameter leaf)
 and an eager ``lanczos.init`` instead of ``hessjax.tree.flat_matvec``; host loops that do not
@@ -36,18 +41,22 @@ from jax.flatten_util import ravel_pytree
 
 from benchmarks import common
 
-PARTS = {"solver": ("current", "previous"), "operator": ("current", "previous")}
+PARTS = {
+    "solver": ("current", "previous"),
+    "operator": ("current", "previous"),
+    "inside": ("current",),
+}
 
 
 def parse_args(argv=None):
     p = common.argument_parser(__doc__)
-    p.add_argument("--parts", default="solver,operator")
+    p.add_argument("--parts", default="solver,operator,inside")
     p.add_argument("--rounds", type=int, default=3, help="fresh processes per variant")
     p.add_argument("--steps", type=int, default=28, help="Lanczos steps per solve")
     p.add_argument("--warm", type=int, default=3, help="warm calls per process (median)")
     p.add_argument("--num-images", type=int, default=1000)
     p.add_argument("--variant", default=None, help="internal: one PART:VARIANT in this process")
-    common.add_run_args(p, "solver_overhead")
+    common.add_run_args(p, "solver_overhead", trains_m1=True)
     return p.parse_args(argv)
 
 
@@ -135,9 +144,49 @@ def _probe(hv) -> float:
     return float(flat @ np.random.default_rng(0).standard_normal(flat.size))
 
 
+def _inside(args, variant: str) -> dict:
+    import hessjax
+    from hessjax import models
+
+    variables, _ = common.trained_m1(args)
+    x, y = hessjax.data.load("mnist", "train", data_dir=args.data_dir, limit=args.num_images)
+    loss_fn = hessjax.make_loss_fn(models.get("m1").apply, variables)
+    op = hessjax.hessian_operator(loss_fn, variables["params"], (x, y), batch_size=len(x))
+    hvp_seconds: list[float] = []
+
+    def timed_op(v):
+        seconds, out = common.timed(lambda: op(v))
+        hvp_seconds.append(seconds)
+        return out
+
+    def solve():
+        return hessjax.eigenvalues(
+            timed_op, variables["params"], k=10, tol=1e-3, key=jax.random.key(args.seed)
+        )
+
+    common.timed(solve)  # compiles
+    alone = common.median([common.timed(lambda: op(variables["params"]))[0] for _ in range(3)])
+    walls, inside, steps = [], [], 0
+    for _ in range(args.warm):
+        hvp_seconds.clear()
+        wall, out = common.timed(solve)
+        steps = int(out.num_matvecs)
+        walls.append(wall)
+        inside.append(sum(hvp_seconds))
+    wall, hvps = common.median(walls), common.median(inside)
+    return dict(
+        steps=steps,
+        wall_seconds=wall,
+        hvp_seconds_in_solve=hvps,
+        hvp_alone_seconds=alone,
+        solver_seconds_per_step=(wall - hvps) / steps,
+        hvp_in_solve_seconds_each=hvps / steps,
+    )
+
+
 def _one_variant(args) -> None:
     part, variant = args.variant.split(":")
-    result = (_solver if part == "solver" else _operator)(args, variant)
+    result = {"solver": _solver, "operator": _operator, "inside": _inside}[part](args, variant)
     print("RESULT " + json.dumps(result))
 
 
@@ -145,6 +194,7 @@ def _spawn(args, part: str, variant: str) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.solver_overhead", "--variant", f"{part}:{variant}"]
     cmd += ["--steps", str(args.steps), "--warm", str(args.warm)]
     cmd += ["--num-images", str(args.num_images), "--data-dir", args.data_dir]
+    cmd += ["--seed", str(args.seed)]
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True, check=False)
         if proc.returncode:
@@ -203,6 +253,28 @@ def main(argv=None):
             "Agreement: ⟨Hv, u⟩ (float64, fixed random u) spreads by "
             f"{(max(probes) - min(probes)) / abs(common.median(probes)):.1e} relative over all "
             "variants and processes.",
+        ]
+    if "inside" in runs:
+        r = runs["inside"]["current"]
+        keys = ["steps", "wall_seconds", "hvp_seconds_in_solve", "hvp_in_solve_seconds_each"]
+        keys += ["hvp_alone_seconds", "solver_seconds_per_step"]
+        rows = [[i + 1, *(q[k] for k in keys)] for i, q in enumerate(r)]
+        sections += [
+            "Inside a warm top-10 Lanczos solve (tol 1e-3) of trained M1 on "
+            f"{args.num_images} MNIST images, `batch_size=N` (one row per process, median of "
+            f"{args.warm} solves):",
+            common.markdown_table(
+                [
+                    "process",
+                    "HVPs",
+                    "wall s",
+                    "HVPs s",
+                    "s / HVP in the solve",
+                    "s / HVP alone",
+                    "solver s / step",
+                ],
+                rows,
+            ),  # fmt: skip
         ]
     md = "\n\n".join(sections + common.footer(env, "benchmarks.solver_overhead"))
     common.finish("benchmarks.solver_overhead", args, env, md, {"runs": runs}, load_at_end=True)
