@@ -1,7 +1,7 @@
 """What a Lanczos solve and a Hessian operator cost beyond their HVPs: compilation on the first
 call and the solver's own work per step, now against the previous implementation.
 
-Two parts, each variant in a fresh process (compilation caches are per process), variants
+Three parts, each variant in a fresh process (compilation caches are per process), variants
 alternating over ``--rounds``:
 
 * ``solver``: ``hessjax.eigenvalues(k=10)`` on M1's parameter structure (1,256,080 float32) with a
@@ -10,7 +10,6 @@ alternating over ``--rounds``:
   on 1,000 images takes).
 * ``operator``: ``hessian_operator(loss, M1 params, 1,000 MNIST images, batch_size=1000)``
   (linearised by default), then its first and a warm HVP.
-
 * ``inside``: where a warm top-10 solve's time goes on the real problem of
   ``benchmarks.top_eigenvalues_vs_pyhessian`` (M1 trained 1 epoch, 1,000 images,
   ``batch_size=1000``): the operator is wrapped in a timer (each HVP blocked on), so the solve's
@@ -19,11 +18,12 @@ alternating over ``--rounds``:
 ``current`` is the library as it is. ``previous`` rebuilds, by patching, the code before
 2026-12-04: eager ``ravel_pytree`` / ``unravel`` around every matvec (one op per parameter leaf)
 and an eager ``lanczos.init`` instead of ``hessjax.tree.flat_matvec``; host loops that do not
-commit their first arguments (``hessjax._internal.committed``), so the Lanczos update and each
-batch HVP compile twice (uncommitted first call, committed later ones); and batches of the cap
-whatever the tail (7 of 128 and a tail of 104 instead of 8 of 125: two shapes to compile).
+commit their first arguments (``hessjax._internal.committed`` / ``committed_like``), so the
+Lanczos update and each batch HVP compile twice (uncommitted first call, committed later ones);
+and batches of the cap whatever the tail (7 of 128 and a tail of 104 instead of 8 of 125: two
+shapes to compile).
 
-    python -m benchmarks.solver_overhead                    # both parts, 3 rounds (~3 min)
+    python -m benchmarks.solver_overhead                    # all parts, 3 rounds (~5 min)
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ def _use_previous_code() -> None:
     tree.unravel_rows = lambda rows, like: jax.vmap(ravel_pytree(like)[1])(rows)
     tree.flat_spec = lambda like: ravel_pytree(like)[0]
     lanczos.init = lanczos.init.__wrapped__
-    loops.committed = batching.committed = lambda t: t
+    loops.committed_like = lambda t, ref: t
+    batching.committed = lambda t: t
     batching.fast_batch_size = lambda batch_size, mesh=None, num_samples=None: min(
         int(batch_size), batching.CPU_SAMPLES_PER_DEVICE
     )

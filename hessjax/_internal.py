@@ -4,7 +4,8 @@
 * :func:`as_partial`: a callable as a pytree whose arrays are jit arguments.
 * :func:`batch_sharding` / :func:`replicated`: where a batch / a shared pytree lives on a mesh.
 * :func:`check_positive_int`: argument checks that accept numpy integers.
-* :func:`committed`: arrays pinned where they are, so host loops compile each piece once.
+* :func:`committed` / :func:`committed_like`: arrays pinned where the computation runs, so host
+  loops compile each piece once.
 """
 
 from __future__ import annotations
@@ -34,19 +35,56 @@ def as_partial(fn: Callable) -> Any:
 
 
 def committed(tree: Any) -> Any:
-    """``tree`` with every uncommitted ``jax.Array`` leaf committed to where it already is.
+    """``tree`` with its uncommitted ``jax.Array`` leaves committed to the one device the tree
+    uses (that of its committed leaves, else their own).
 
     ``jax.jit`` caches on whether each argument is committed, and a jitted function's outputs are
     committed only when its inputs were. A Python loop around compiled pieces (the CPU solvers,
     the data-set walks) whose first arguments are fresh uncommitted arrays (``jnp.zeros``, user
     params) and whose later ones are committed outputs would compile every piece twice (measured:
-    the Lanczos update 0.55 s and a linearised M1 batch HVP 0.5 s, each twice). Tracers and
+    the Lanczos update 0.55 s and a linearised M1 batch HVP 0.5 s, each twice). Committing where
+    an array already is shares its buffer. A tree spread over several devices (a mesh) is
+    returned unchanged: there jit itself places the uncommitted leaves (replicated). Tracers and
     non-arrays pass through.
     """
+    arrays = [
+        a
+        for a in jax.tree_util.tree_leaves(tree)
+        if isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer)
+    ]
+    devices = {d for a in arrays if a.committed for d in a.sharding.device_set}
+    if len(devices) > 1 or all(a.committed for a in arrays):
+        return tree
+    (device,) = devices or {None}
 
     def commit(a):
         if isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer) and not a.committed:
-            return jax.device_put(a, a.sharding)
+            return jax.device_put(a, a.sharding if device is None else device)
+        return a
+
+    return jax.tree_util.tree_map(commit, tree)
+
+
+def committed_like(tree: Any, ref: Any) -> Any:
+    """``tree`` with its uncommitted ``jax.Array`` leaves committed where ``ref`` (an array) lives:
+    its device, or replicated over its mesh. For a host loop's first carry, given the first
+    matvec result (see :func:`committed`). Unchanged when ``ref`` is uncommitted, traced, or
+    spans devices of other processes."""
+    sharding = getattr(ref, "sharding", None)
+    if isinstance(ref, jax.core.Tracer) or sharding is None or not ref.committed:
+        return tree
+    if not sharding.is_fully_addressable:
+        return tree
+    if isinstance(sharding, NamedSharding):
+        target = NamedSharding(sharding.mesh, PartitionSpec())
+    elif len(sharding.device_set) == 1:
+        target = sharding
+    else:
+        return tree
+
+    def commit(a):
+        if isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer) and not a.committed:
+            return jax.device_put(a, target)
         return a
 
     return jax.tree_util.tree_map(commit, tree)

@@ -20,7 +20,7 @@ import jax
 from jax.sharding import Mesh
 
 from hessjax import batching
-from hessjax._internal import committed
+from hessjax._internal import committed_like
 
 
 def host_loops() -> bool:
@@ -87,11 +87,15 @@ def matvec_loop(
         body = lambda c: update(c, matvec(prepare(c)))
         return jax.lax.while_loop(cond, body, carry)
     # The carry is donated: large solver state (a Krylov basis) is updated in place, not copied.
-    # It is committed first, so the first update and the later ones share one compilation.
+    # Before the first update it is committed where the matvec's result lives, so the first
+    # update and the later ones (whose inputs are committed outputs) share one compilation.
     prepare, update, cond = _compiled(prepare), _compiled(update, donate=True), _compiled(cond)
-    carry = committed(carry)
+    first = True
     while bool(cond(carry)):
-        carry = update(carry, matvec(prepare(carry)))
+        w = matvec(prepare(carry))
+        if first:
+            carry, first = committed_like(carry, w), False
+        carry = update(carry, w)
     return carry
 
 

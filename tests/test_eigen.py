@@ -167,7 +167,7 @@ def test_host_loop_compiles_each_piece_once(monkeypatch):
 
     monkeypatch.setenv("HESSJAX_HOST_LOOPS", "1")
     diag = jax.device_put(jnp.linspace(0.0, 1.0, 37), jax.devices()[0])  # committed, as data
-    update = loops._compiled(eigen._lanczos_update(3), True)
+    update = loops._compiled(eigen._lanczos_update(3), donate=True)  # as matvec_loop calls it
     before = update._cache_size()
     for seed in range(2):
         params = {"w": jnp.zeros(37)}  # a fresh uncommitted array each call
