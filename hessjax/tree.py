@@ -1,4 +1,5 @@
-"""Small pytree arithmetic used by the solvers (vectors are pytrees shaped like the params)."""
+"""Small pytree arithmetic used by the solvers (vectors are pytrees shaped like the params), and
+the compiled ravel/unravel between such pytrees and the flat ``(P,)`` vectors the solvers use."""
 
 from __future__ import annotations
 
