@@ -34,6 +34,22 @@ def as_partial(fn: Callable) -> Any:
     return Partial(fn) if len(leaves) == 1 and leaves[0] is fn else fn
 
 
+def _is_concrete_array(a: Any) -> bool:
+    return isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer)
+
+
+def _commit(tree: Any, target=None) -> Any:
+    """``tree`` with its uncommitted concrete arrays placed on ``target`` (a device or sharding;
+    None: where each already is, sharing its buffer)."""
+
+    def commit(a):
+        if _is_concrete_array(a) and not a.committed:
+            return jax.device_put(a, a.sharding if target is None else target)
+        return a
+
+    return jax.tree_util.tree_map(commit, tree)
+
+
 def committed(tree: Any) -> Any:
     """``tree`` with its uncommitted ``jax.Array`` leaves committed to the one device the tree
     uses (that of its committed leaves, else their own).
@@ -47,22 +63,11 @@ def committed(tree: Any) -> Any:
     returned unchanged: there jit itself places the uncommitted leaves (replicated). Tracers and
     non-arrays pass through.
     """
-    arrays = [
-        a
-        for a in jax.tree_util.tree_leaves(tree)
-        if isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer)
-    ]
+    arrays = [a for a in jax.tree_util.tree_leaves(tree) if _is_concrete_array(a)]
     devices = {d for a in arrays if a.committed for d in a.sharding.device_set}
     if len(devices) > 1 or all(a.committed for a in arrays):
         return tree
-    (device,) = devices or {None}
-
-    def commit(a):
-        if isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer) and not a.committed:
-            return jax.device_put(a, a.sharding if device is None else device)
-        return a
-
-    return jax.tree_util.tree_map(commit, tree)
+    return _commit(tree, next(iter(devices), None))
 
 
 def committed_like(tree: Any, ref: Any) -> Any:
@@ -70,24 +75,16 @@ def committed_like(tree: Any, ref: Any) -> Any:
     its device, or replicated over its mesh. For a host loop's first carry, given the first
     matvec result (see :func:`committed`). Unchanged when ``ref`` is uncommitted, traced, or
     spans devices of other processes."""
-    sharding = getattr(ref, "sharding", None)
-    if isinstance(ref, jax.core.Tracer) or sharding is None or not ref.committed:
+    if not _is_concrete_array(ref) or not ref.committed:
         return tree
+    sharding = ref.sharding
     if not sharding.is_fully_addressable:
         return tree
     if isinstance(sharding, NamedSharding):
-        target = NamedSharding(sharding.mesh, PartitionSpec())
-    elif len(sharding.device_set) == 1:
-        target = sharding
-    else:
-        return tree
-
-    def commit(a):
-        if isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer) and not a.committed:
-            return jax.device_put(a, target)
-        return a
-
-    return jax.tree_util.tree_map(commit, tree)
+        return _commit(tree, NamedSharding(sharding.mesh, PartitionSpec()))
+    if len(sharding.device_set) == 1:
+        return _commit(tree, sharding)
+    return tree
 
 
 def auto_axes(mesh: Mesh) -> Mesh:

@@ -47,7 +47,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
 
 from hessjax import lanczos, loops, tree
 from hessjax._internal import as_partial, check_positive_int
@@ -338,5 +337,6 @@ def diagonal(
     if method not in methods:
         raise ValueError(f"method must be one of {sorted(methods)}, got {method!r}")
     value, error, count = _run(matvec, params, key, methods[method], num_matvecs)
-    unravel = ravel_pytree(params)[1]
-    return DiagonalEstimate(unravel(value), unravel(error), count)
+    return DiagonalEstimate(
+        tree.unravel_like(value, params), tree.unravel_like(error, params), count
+    )
