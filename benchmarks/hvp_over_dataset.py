@@ -7,10 +7,14 @@ float32, BatchNorm in inference mode, at every ``--batch-sizes`` value ``B``:
 * ``default``: ``hessjax.hessian_operator(loss_fn, params, (x, y), batch_size=B)`` as a user calls
   it: batches of at most ``B`` (on CPU at most ``hessjax.batching.CPU_SAMPLES_PER_DEVICE`` per
   device) and, within the memory budget, the cached linearisation;
+* ``auto_conv_at_B``: the default operator of the same model built with
+  ``conv_implementation="auto"`` (:mod:`hessjax.conv`: on CPU, strided convolutions as patches
+  and one GEMM; on GPU/TPU the same as the default);
 * ``plain_at_B``: the operator before "fast by default": batches of exactly ``B``, no cached
   linearisation (``linearize=False`` and the CPU cap lifted while it is built);
 * ``jax_grad``: the gradient over the set at the default operator's batches
   (``batching.batch_mean`` of ``jax.grad``), the unit of the default operator's cost;
+  ``jax_grad_auto_conv`` the same with ``conv_implementation="auto"``;
 * ``torch_hvp``: PyTorch double backward summed over chunks of ``B`` (weights ``n_b / N``);
   ``torch_grad`` likewise.
 
@@ -120,6 +124,8 @@ def bench_model(name, args, sizes):
         common.DATASETS[name], "train", data_dir=args.data_dir, limit=args.num_images
     )
     loss_fn = hessjax.make_loss_fn(model.apply, variables)
+    auto_model = models.get(name, conv_implementation="auto")
+    auto_loss_fn = hessjax.make_loss_fn(auto_model.apply, variables)
     params = variables["params"]
     v = common.tree_random_normal(jax.random.key(args.seed + 1), params)
     fns, info, checks = {}, {}, {}
@@ -128,7 +134,9 @@ def bench_model(name, args, sizes):
             lambda b=b: hessjax.hessian_operator(loss_fn, params, (x, y), batch_size=b)
         )
         plain = plain_operator(loss_fn, params, (x, y), b)
+        auto_op = hessjax.hessian_operator(auto_loss_fn, params, (x, y), batch_size=b)
         fns[f"default@{b}"] = lambda op=op: op(v)
+        fns[f"auto_conv@{b}"] = lambda auto_op=auto_op: auto_op(v)
         fns[f"plain@{b}"] = lambda plain=plain: plain(v)
         info[b] = {
             "default_batch": tree.leading_dim(op.full, axis=1),
@@ -138,6 +146,7 @@ def bench_model(name, args, sizes):
         checks[f"default_vs_plain@{b}"] = common.rel_diff(op(v), plain(v))
     chunk = info[sizes[0]]["default_batch"]
     fns["jax_grad"] = gradient_over(loss_fn, params, (x, y), chunk)
+    fns["jax_grad_auto_conv"] = gradient_over(auto_loss_fn, params, (x, y), chunk)
     if not args.no_torch:
         hv = fns[f"plain@{sizes[-1]}"]()
         for b in sizes:
@@ -163,6 +172,7 @@ def bench_model(name, args, sizes):
             "batch_size": b,
             **info[b],
             "default_ms": 1e3 * med[f"default@{b}"],
+            "auto_conv_ms": 1e3 * med[f"auto_conv@{b}"],
             "plain_ms": 1e3 * med[f"plain@{b}"],
             "default_over_grad": paired(f"default@{b}", "jax_grad"),
         }
@@ -174,6 +184,7 @@ def bench_model(name, args, sizes):
     return {
         "rows": rows,
         "jax_grad_ms": 1e3 * med["jax_grad"],
+        "jax_grad_auto_conv_ms": 1e3 * med["jax_grad_auto_conv"],
         "checks": checks,
         "samples": samples,
     }
@@ -191,6 +202,7 @@ def main(argv=None):
             "default batch",
             "linearised",
             "default ms",
+            "default, `auto` convs ms",
             "before (plain@B) ms",
             "default / grad",
         ]
@@ -203,6 +215,7 @@ def main(argv=None):
                 row["default_batch"],
                 row["linearized"],
                 row["default_ms"],
+                row["auto_conv_ms"],
                 row["plain_ms"],
                 row["default_over_grad"],
             ]
@@ -211,7 +224,8 @@ def main(argv=None):
             table.append(cells)
         lines += [
             f"### {name.upper()} on {args.num_images} images "
-            f"(jax gradient over the set: {r['jax_grad_ms']:.0f} ms)",
+            f"(jax gradient over the set: {r['jax_grad_ms']:.0f} ms; "
+            f"{r['jax_grad_auto_conv_ms']:.0f} ms with `conv_implementation=\"auto\"`)",
             "",
             common.markdown_table(headers, table),
             "",

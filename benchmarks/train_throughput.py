@@ -32,10 +32,12 @@ images (order alternates per round; JAX is waited for at the end of the ``k`` st
 chosen so a sample lasts about ``--sample-seconds``. Throughput = batch / (seconds per step); the
 ratio hessjax / PyTorch is the median over rounds of the per-round ratio (paired, so the shared
 machine's slow phases cancel). ``--breakdown`` adds per-layer convolution timings (forward,
-input gradient, kernel gradient; XLA vs PyTorch) that explain where the C1 time goes.
+input gradient, kernel gradient; XLA's kernels, hessjax's patches form and PyTorch's)
+that explain where the C1 time goes.
 
     python -m benchmarks.train_throughput                       # defaults, ~10 min on 2 cores
     python -m benchmarks.train_throughput --models m1 --batch-sizes 128,1024 --repeats 15
+    python -m benchmarks.train_throughput --models m1 --conv-implementation auto  # hessjax.conv
 """
 
 from __future__ import annotations
@@ -74,6 +76,11 @@ def parse_args(argv=None):
     p.add_argument("--no-scan", action="store_true", help="skip the lax.scan context column")
     p.add_argument("--breakdown", action="store_true", help="per-layer conv timings, XLA vs torch")
     p.add_argument("--breakdown-repeats", type=int, default=7)
+    p.add_argument(
+        "--conv-implementation",
+        default="xla",
+        help="hessjax models' conv_implementation: xla (default), patches, auto (hessjax.conv)",
+    )
     common.add_run_args(p, "train_throughput", torch=True)
     return p.parse_args(argv)
 
@@ -108,7 +115,7 @@ def bench_config(name, batch, args, data, scan_step_128):
     if batch % m:
         raise SystemExit(f"batch {batch} is not a multiple of the micro-batch {m}")
     x, y = data
-    model = models.get(name)
+    model = models.get(name, conv_implementation=args.conv_implementation)
     variables = models.init(model, jax.random.key(args.seed))
     tx = train.make_optimizer(args.lr, 0.9, "constant")
     starts = range(0, len(y) - batch + 1, batch)
@@ -226,80 +233,12 @@ def bench_config(name, batch, args, data, scan_step_128):
 # ----------------------------------------------------------------------------- breakdown
 
 
-def _conv_layers(name):
-    """(label, batch input NHWC shape, features, kernel, stride, padding) of each conv."""
-    if name == "m1":
-        return [("conv1", (128, 28, 28, 1), 20, 5, 2, 2), ("conv2", (128, 14, 14, 20), 50, 5, 2, 2)]
-    return [("conv1", (128, 32, 32, 3), 64, 5, 1, 2), ("conv2", (128, 16, 16, 64), 64, 5, 1, 2)]
-
-
-def _conv_fns(rng, shape, feat, ks, stride, pad):
-    """Forward / input-VJP / kernel-VJP of one conv: jitted JAX (NHWC) and PyTorch (NCHW)."""
-    import jax.numpy as jnp
-    import torch
-
-    x = rng.standard_normal(shape, dtype=np.float32)
-    kern = rng.standard_normal((ks, ks, shape[-1], feat), dtype=np.float32) * 0.1
-
-    def conv(xx, kk):
-        return jax.lax.conv_general_dilated(
-            xx, kk, (stride, stride), [(pad, pad)] * 2, dimension_numbers=("NHWC", "HWIO", "NHWC")
-        )
-
-    xj, kj = jnp.asarray(x), jnp.asarray(kern)
-    out_shape = jax.eval_shape(conv, xj, kj).shape
-    gj = jnp.asarray(rng.standard_normal(out_shape, dtype=np.float32))
-    fwd = jax.jit(conv)
-    d_in = jax.jit(lambda xx, kk, g: jax.vjp(lambda a: conv(a, kk), xx)[1](g)[0])
-    d_k = jax.jit(lambda xx, kk, g: jax.vjp(lambda b: conv(xx, b), kk)[1](g)[0])
-    jfns = {
-        "forward": lambda: fwd(xj, kj),
-        "grad_input": lambda: d_in(xj, kj, gj),
-        "grad_kernel": lambda: d_k(xj, kj, gj),
-    }
-    from benchmarks import torch_models
-
-    xt, gt = torch_models.to_nchw(x), torch_models.to_nchw(np.asarray(gj))
-    kt = torch_models.tensor(kern.transpose(3, 2, 0, 1))
-    tconv, tgrad = torch.nn.functional.conv2d, torch.nn.grad
-    tfns = {
-        "forward": lambda: tconv(xt, kt, stride=stride, padding=pad),
-        "grad_input": lambda: tgrad.conv2d_input(xt.shape, kt, gt, stride=stride, padding=pad),
-        "grad_kernel": lambda: tgrad.conv2d_weight(xt, kt.shape, gt, stride=stride, padding=pad),
-    }
-    return jfns, tfns, out_shape
-
-
 def breakdown(name, args):
-    """Per-layer conv time at micro-batch 128: forward, d/d input, d/d kernel; XLA vs torch."""
-    rows = []
-    rng = np.random.default_rng(0)
-    for label, shape, feat, ks, stride, pad in _conv_layers(name):
-        jfns, tfns, out_shape = _conv_fns(rng, shape, feat, ks, stride, pad)
-        c = shape[-1]
-        for part in jfns:
-            common.block(jfns[part]())
-            tfns[part]()
-            tj, tt = [], []
-            for _ in range(args.breakdown_repeats):
-                tj.append(common.per_call(jfns[part], 2))
-                tt.append(common.per_call(tfns[part], 2))
-            flops = 2.0 * np.prod(out_shape) * ks * ks * c
-            rows.append(
-                {
-                    "model": name,
-                    "layer": label,
-                    "input_nhwc": list(shape),
-                    "features": feat,
-                    "part": part,
-                    "gflop": flops / 1e9,
-                    "xla_ms": 1e3 * common.median(tj),
-                    "torch_ms": 1e3 * common.median(tt),
-                    "xla_over_torch_time": float(np.median(np.asarray(tj) / np.asarray(tt))),
-                }
-            )
-            print(rows[-1], flush=True)
-    return rows
+    """Per-layer conv time at micro-batch 128: forward, d/d input, d/d kernel (XLA's kernels,
+    hessjax's patches form, PyTorch's); benchmarks/conv_kernels.py."""
+    from benchmarks import conv_kernels
+
+    return conv_kernels.time_layers(name, 128, args.breakdown_repeats)
 
 
 # ----------------------------------------------------------------------------- report
@@ -404,39 +343,18 @@ def markdown(results, env, args, rows_breakdown):
         "which accounts for the running-variance difference.",
     ]
     if rows_breakdown:
+        from benchmarks import conv_kernels
+
         parts += [
             "",
-            "## Convolution time per layer at micro-batch 128 (XLA:CPU vs PyTorch/oneDNN)",
+            "## Convolution time per layer at micro-batch 128 (XLA:CPU, patches, PyTorch/oneDNN)",
             "",
-            common.markdown_table(
-                [
-                    "model",
-                    "layer",
-                    "input NHWC",
-                    "part",
-                    "GFLOP",
-                    "XLA ms",
-                    "torch ms",
-                    "XLA / torch",
-                ],
-                [
-                    [
-                        b["model"].upper(),
-                        b["layer"],
-                        "×".join(map(str, b["input_nhwc"])) + f" → {b['features']}",
-                        b["part"],
-                        f"{b['gflop']:.2f}",
-                        f"{b['xla_ms']:.1f}",
-                        f"{b['torch_ms']:.1f}",
-                        f"{b['xla_over_torch_time']:.2f}",
-                    ]
-                    for b in rows_breakdown
-                ],
-            ),
+            conv_kernels.markdown_rows(rows_breakdown),
             "",
             f"Median of {args.breakdown_repeats} paired samples (each the mean of 2 calls): "
-            "`jax.jit` of `lax.conv_general_dilated` and of its two VJPs, against "
-            "`torch.nn.functional.conv2d`, `torch.nn.grad.conv2d_input` / `conv2d_weight`.",
+            "`jax.jit` of `hessjax.conv.conv2d` (XLA's kernels and the patches form) and of its "
+            "two VJPs, against `torch.nn.functional.conv2d`, `torch.nn.grad.conv2d_input` / "
+            "`conv2d_weight` (benchmarks/conv_kernels.py).",
         ]
     parts += common.footer(env, "benchmarks.train_throughput")
     return "\n".join(parts)

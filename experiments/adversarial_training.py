@@ -155,7 +155,7 @@ class AdversarialTraining:
             adversary, seed = None, config.seed
         state = htrain.init_state(variables, tx, config.seed)
         step = htrain.TrainStep(
-            ctx.model.apply,
+            ctx.train_model.apply,
             tx,
             micro_batch_size=checks.micro_batch(config, config.batch_size),
             adversary=adversary,

@@ -229,7 +229,7 @@ class BatchSweep:
         tx = htrain.make_optimizer_for(config, len(y) // b)
         state = htrain.init_state(hmodels.init(ctx.model, jax.random.key(seed)), tx, seed)
         step = htrain.TrainStep(
-            ctx.model.apply,
+            ctx.train_model.apply,
             tx,
             micro_batch_size=checks.micro_batch(config, b),
             augment=hdata.augment_cifar if config.augment else None,

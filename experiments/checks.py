@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from hessjax import attacks
+from hessjax import conv as hconv
 from hessjax import data as hdata
 from hessjax import models as hmodels
 from hessjax.adversarial import adversary_errors
@@ -54,6 +55,12 @@ def common_errors(config) -> list[str]:
             )
     for field in ("train_limit", "test_limit"):
         errors += positive_int(field, config.get(field), optional=True)
+    impl = config.get("train_conv_implementation", "xla")
+    if impl not in hconv.IMPLEMENTATIONS:
+        errors.append(
+            f"train_conv_implementation must be one of {', '.join(hconv.IMPLEMENTATIONS)}, "
+            f"got {impl!r}"
+        )
     return errors
 
 

@@ -165,7 +165,7 @@ class LargeBatchRobust:
                 options=spec.pick_options(steps=rc.ifgsm_steps, cg_iters=rc.cg_iters),
             )
         step = htrain.TrainStep(
-            ctx.model.apply,
+            ctx.train_model.apply,
             tx,
             micro_batch_size=config.micro_batch_size,
             adversary=adversary,

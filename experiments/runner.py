@@ -54,7 +54,7 @@ from hessjax import train as htrain
 RESULTS = "results.json"
 RECORD = "record.json"
 #: Fields that may change between invocations on one workdir for every study.
-ALWAYS_EXTENSIBLE = ("data_dir", "memory_budget_mb")
+ALWAYS_EXTENSIBLE = ("data_dir", "memory_budget_mb", "train_conv_implementation")
 
 
 class ConfigError(ValueError):
@@ -161,7 +161,14 @@ class Context:
 
     @property
     def model(self):
+        """The module the analyses apply (XLA's convolutions: the fastest HVPs)."""
         return get_model(self.config.model)
+
+    @property
+    def train_model(self):
+        """The same module (same parameters) with the config's ``train_conv_implementation``:
+        what the training steps apply (hessjax.conv; docs/design.md)."""
+        return get_model(self.config.model, self.config.get("train_conv_implementation", "xla"))
 
     def run_dir(self, name: str) -> pathlib.Path:
         path = self.workdir / name
@@ -216,15 +223,16 @@ class Context:
 # ----------------------------------------------------------------------------- pieces
 
 
-_MODELS: dict[str, Any] = {}
+_MODELS: dict[tuple[str, str], Any] = {}
 
 
-def get_model(name: str):
-    """One module object per model name, so jitted analyses (static ``apply_fn``) compile once
-    for all runs of a study."""
-    if name not in _MODELS:
-        _MODELS[name] = hmodels.get(name)
-    return _MODELS[name]
+def get_model(name: str, conv_implementation: str = "xla"):
+    """One module object per model name and convolution kernel (:mod:`hessjax.conv`), so jitted
+    analyses and training steps (static ``apply_fn``) compile once for all runs of a study."""
+    key = (name, conv_implementation)
+    if key not in _MODELS:
+        _MODELS[key] = hmodels.get(name, conv_implementation=conv_implementation)
+    return _MODELS[key]
 
 
 def config_dict(config) -> dict:

@@ -44,6 +44,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hessjax import conv as conv_lib
+
 __all__ = [
     "C1",
     "CNN",
@@ -77,10 +79,15 @@ def torch_bias_init(fan_in: int) -> Callable:
 
 
 class _Layers(nn.Module):
-    """Mixin: ``dtype``/``param_dtype`` fields and PyTorch-initialised layer factories."""
+    """Mixin: ``dtype``/``param_dtype``/``conv_implementation`` fields and layer factories.
+
+    ``conv_implementation``: ``"xla"`` (default), ``"patches"`` or ``"auto"``; see
+    :mod:`hessjax.conv`. It changes speed only, not the parameters or (beyond rounding) the values.
+    """
 
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
+    conv_implementation: str = "xla"
 
     def conv(
         self,
@@ -93,12 +100,13 @@ class _Layers(nn.Module):
     ) -> jax.Array:
         """Conv ``kernel x kernel``, symmetric integer ``padding`` or a flax padding string."""
         fan_in = kernel * kernel * x.shape[-1]
-        return nn.Conv(
+        return conv_lib.Conv(
             features,
             (kernel, kernel),
-            strides=(stride, stride),
-            padding=padding if isinstance(padding, str) else [(padding, padding)] * 2,
+            strides=stride,
+            padding=padding,
             use_bias=use_bias,
+            implementation=self.conv_implementation,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             kernel_init=torch_kernel_init,
@@ -230,6 +238,7 @@ class CifarResNet(_Layers):
                     stride=2 if (i > 0 and j == 0) else 1,
                     dtype=self.dtype,
                     param_dtype=self.param_dtype,
+                    conv_implementation=self.conv_implementation,
                 )(x, train)
         x = jnp.mean(x, axis=(1, 2))
         return self.dense(x, self.num_classes)
@@ -258,7 +267,8 @@ def get(name: str, **kw) -> nn.Module:
     """The model called ``name`` (case-insensitive: c1, c2, c3, m1, cr).
 
     ``kw`` goes to the module: ``num_classes`` (default 10, 100 for ``cr``), ``dtype``,
-    ``param_dtype``. Unknown names raise ``ValueError`` listing the valid ones.
+    ``param_dtype``, ``conv_implementation`` (:mod:`hessjax.conv`). Unknown names raise
+    ``ValueError`` listing the valid ones.
     """
     cls, fixed = _lookup(name)
     return cls(**{**fixed, **kw})

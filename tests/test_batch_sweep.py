@@ -2,8 +2,12 @@
 
 import json
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
+import hessjax
 from experiments import batch_sweep, runner
 from experiments.configs import c1, c2, cr, m1
 
@@ -43,15 +47,35 @@ def test_bad_configs_fail_with_one_message():
     config.fgsm_eps = [-0.1, 0.1]
     config.batch_sizes = [48]
     config.lr = -0.01
+    config.train_conv_implementation = "cudnn"
     with pytest.raises(runner.ConfigError) as err:
         runner.validate(STUDY, config)
     msg = str(err.value)
     assert "unknown model" in msg and "fgsm_eps" in msg and "not divisible" in msg
     assert "lr must be a finite number > 0" in msg
+    assert "train_conv_implementation must be one of auto, xla, patches, got 'cudnn'" in msg
     config = m1.get_config("smoke")
     config.dataset = "cifar10"
     with pytest.raises(runner.ConfigError, match="takes inputs"):
         runner.validate(STUDY, config)
+
+
+def test_training_and_analysis_models_differ_only_in_their_convolutions():
+    """The experiments train with ``train_conv_implementation`` and analyse with XLA's kernels:
+    one parameter tree, one set of values (to rounding), two modules compiled once each."""
+    train_model = runner.get_model("m1", "auto")
+    analysis_model = runner.get_model("m1")
+    assert runner.get_model("m1", "auto") is train_model and train_model is not analysis_model
+    assert analysis_model.conv_implementation == "xla"
+    assert m1.get_config("smoke").train_conv_implementation == "auto"
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 28, 28, 1)), jnp.float32)
+    variables = hessjax.models.init(analysis_model, jax.random.key(0))
+    assert jax.tree_util.tree_structure(
+        hessjax.models.init(train_model, jax.random.key(0))
+    ) == jax.tree_util.tree_structure(variables)
+    np.testing.assert_allclose(
+        train_model.apply(variables, x), analysis_model.apply(variables, x), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_spearman():
@@ -170,10 +194,6 @@ def test_history_keeps_the_last_record_of_each_epoch(tmp_path):
 def test_fig4_tracking_measures_the_trained_model(data_dir, tmp_path):
     """The per-epoch λ_max / gradient norm recorded during training (Fig. 4) are those of the
     final weights on the first track.num_samples training samples."""
-    import jax
-
-    import hessjax
-
     config = _smoke(data_dir)
     config.batch_sizes = [64]
     config.num_epochs = 2
