@@ -30,6 +30,7 @@ from benchmarks import common
 from hessjax import conv
 
 PARTS = ("forward", "grad_input", "grad_kernel")
+IMPLS = ("xla", "patches", "torch")
 
 #: model -> [(label, input HWC, features, kernel, stride, padding)], one row per distinct shape.
 LAYERS = {
@@ -126,7 +127,7 @@ def time_layers(model, batch, repeats, seed=0):
                     "stride": stride,
                     "part": part,
                     "gflop": flops / 1e9,
-                    "auto_picks": conv.choose((ks, ks), hwc[-1], stride),
+                    "auto_picks": conv.choose(stride),
                     **{f"{impl}_ms": 1e3 * common.median(s) for impl, s in samples.items()},
                     "patches_over_xla": float(
                         np.median(np.asarray(samples["patches"]) / np.asarray(samples["xla"]))
@@ -141,16 +142,28 @@ def time_layers(model, batch, repeats, seed=0):
 
 
 def layer_sums(rows):
-    """Per layer: the three parts added, per implementation."""
+    """Per layer: the three parts added, per implementation (``rows``: per-part rows only)."""
     sums = {}
     for r in rows:
-        s = sums.setdefault((r["model"], r["layer"]), {**r, "part": "sum"})
-        if s is not r:
-            for impl in ("xla", "patches", "torch"):
-                s[f"{impl}_ms"] += r[f"{impl}_ms"]
+        key = (r["model"], r["layer"])
+        if key not in sums:
+            sums[key] = {**r, "part": "sum", **{f"{i}_ms": 0.0 for i in IMPLS}}
+        for impl in IMPLS:
+            sums[key][f"{impl}_ms"] += r[f"{impl}_ms"]
     for s in sums.values():
         s["patches_over_xla"] = s["patches_ms"] / s["xla_ms"]
     return list(sums.values())
+
+
+def with_sums(part_rows):
+    """``part_rows`` with each layer's sum row after its last part."""
+    by_layer = {(r["model"], r["layer"]): r for r in layer_sums(part_rows)}
+    out = []
+    for r in part_rows:
+        out.append(r)
+        if r["part"] == PARTS[-1]:
+            out.append(by_layer[(r["model"], r["layer"])])
+    return out
 
 
 def markdown_rows(rows):
@@ -191,12 +204,7 @@ def main(argv=None):
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
         if model not in LAYERS:
             raise SystemExit(f"unknown model {model!r}; use {', '.join(LAYERS)}")
-        part_rows = time_layers(model, args.batch, args.repeats, args.seed)
-        by_layer = {r["layer"]: r for r in layer_sums(part_rows)}
-        for r in part_rows:
-            rows.append(r)
-            if r["part"] == PARTS[-1]:
-                rows.append(by_layer[r["layer"]])
+        rows += with_sums(time_layers(model, args.batch, args.repeats, args.seed))
     md = "\n".join(
         [
             f"# Convolution kernels per layer, batch {args.batch}, float32",

@@ -2,7 +2,7 @@
 
 XLA:CPU runs ``lax.conv_general_dilated`` and its two transposes (the input gradient and,
 slowest, the kernel gradient) on Eigen's spatial-convolution kernels, 2-10x PyTorch's oneDNN time
-for the kernel gradient (docs/benchmarks.md, "Convolutions on CPU"). The patches form
+for the kernel gradient (docs/benchmarks.md, "Convolutions as patches + one GEMM"). The patches form
 
     P[n, h, w, (i, j, c)] = x_pad[n, s*h + i, s*w + j, c]        (N, Ho, Wo, kh*kw*Cin)
     y = P @ K.reshape(kh*kw*Cin, Cout)                            (N, Ho, Wo, Cout)
@@ -15,9 +15,9 @@ patch is 1,600 numbers per pixel), so ``implementation="auto"`` picks per layer
 (:func:`choose`); on GPU/TPU it is always XLA's (cuDNN / the TPU compiler).
 
 The models default to ``"xla"``: for M1 on CPU ``"auto"`` makes the gradient over a data set
-~25 % faster but the linearised Hessian operator's HVP ~10 % slower (its residuals are the patch
-matrices; ``python -m benchmarks.hvp_over_dataset``), so it pays for training, not for Hessian
-analyses. Both give the same values up to float rounding, with the same
+~33 % faster but the linearised Hessian operator's HVP 12-25 % slower (its residuals are the
+patch matrices; ``python -m benchmarks.hvp_over_dataset``), so it pays for training, not for
+Hessian analyses. Both give the same values up to float rounding, with the same
 parameter tree as ``flax.linen.Conv`` (``Conv_k/{kernel, bias}``), so checkpoints and per-layer
 blocks do not depend on the choice.
 """
@@ -39,20 +39,15 @@ IMPLEMENTATIONS = ("auto", "xla", "patches")
 Padding = str | int | Sequence[tuple[int, int]]
 
 
-def choose(
-    kernel_size: Sequence[int], in_features: int, stride: int, backend: str | None = None
-) -> str:
-    """``"patches"`` or ``"xla"``: what ``implementation="auto"`` runs for this layer.
+def choose(stride: int, backend: str | None = None) -> str:
+    """``"patches"`` or ``"xla"``: what ``implementation="auto"`` runs for a layer of ``stride``.
 
     On CPU patches for strided convolutions, XLA's convolution otherwise; XLA's on GPU/TPU.
     Measured per layer by ``python -m benchmarks.conv_kernels`` (docs/benchmarks.md,
-    "Convolutions on CPU"): with stride 2 the patches form's forward + both gradients take
-    0.4-0.9x XLA's time, except M1's 1-channel first layer (1.2x of ~5 ms); with stride 1 it
-    ranges from 0.75x (narrow layers) to 1.9x (C1's 5x5x64), and first layers, which need no
-    input gradient in training, are no faster. ``kernel_size`` and ``in_features`` are part of
-    the signature for rules that need them; this one does not.
+    "Convolutions as patches + one GEMM"): with stride 2 the patches form's forward + both
+    gradients take 0.35-0.94x XLA's time; with stride 1 from 0.74x (narrow layers) to 1.82x
+    (C1's 5x5x64), and first layers, which need no input gradient in training, are no faster.
     """
-    del kernel_size, in_features
     backend = backend or jax.default_backend()
     return "patches" if backend == "cpu" and stride > 1 else "xla"
 
@@ -100,7 +95,7 @@ def conv2d(
         )
     kh, kw, cin, cout = kernel.shape
     if implementation == "auto":
-        implementation = choose((kh, kw), cin, stride)
+        implementation = choose(stride)
     pads = _pads(padding, x.shape[1:3], (kh, kw), stride)
     if implementation == "xla":
         return lax.conv_general_dilated(
