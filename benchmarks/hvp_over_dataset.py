@@ -78,45 +78,6 @@ def gradient_over(loss_fn, params, data, batch_size):
     )
 
 
-def torch_over(name, variables, x, y, v, batch_size):
-    import torch
-    import torch.nn.functional as F
-
-    from benchmarks import torch_models
-
-    model = torch_models.from_flax(name, variables)
-    params = [p for _, p in model.named_parameters()]
-    names = [n for n, _ in model.named_parameters()]
-    v_np = torch_models.params_to_torch(name, v)
-    vt = [torch_models.tensor(v_np[n]) for n in names]
-    n = len(y)
-    chunks = [
-        (
-            torch_models.to_nchw(x[s : s + batch_size]),
-            torch_models.labels(y[s : s + batch_size]),
-        )
-        for s in range(0, n, batch_size)
-    ]
-
-    def hvp():
-        total = [torch.zeros_like(p) for p in params]
-        for xt, yt in chunks:
-            g = torch.autograd.grad(F.cross_entropy(model(xt), yt), params, create_graph=True)
-            hv = torch.autograd.grad(g, params, grad_outputs=vt)
-            total = [t + h * (len(yt) / n) for t, h in zip(total, hv, strict=True)]
-        return total
-
-    def grad():
-        total = [torch.zeros_like(p) for p in params]
-        for xt, yt in chunks:
-            g = torch.autograd.grad(F.cross_entropy(model(xt), yt), params)
-            total = [t + h * (len(yt) / n) for t, h in zip(total, g, strict=True)]
-        return total
-
-    as_params = lambda ts: torch_models.torch_to_params(name, dict(zip(names, ts, strict=True)))
-    return hvp, grad, as_params
-
-
 def bench_model(name, args, sizes):
     model = models.get(name)
     variables = models.init(model, jax.random.key(args.seed))
@@ -148,9 +109,11 @@ def bench_model(name, args, sizes):
     fns["jax_grad"] = gradient_over(loss_fn, params, (x, y), chunk)
     fns["jax_grad_auto_conv"] = gradient_over(auto_loss_fn, params, (x, y), chunk)
     if not args.no_torch:
+        from benchmarks import torch_models  # imports torch
+
         hv = fns[f"plain@{sizes[-1]}"]()
         for b in sizes:
-            thvp, tgrad, as_params = torch_over(name, variables, x, y, v, b)
+            thvp, tgrad, as_params = torch_models.dataset_hvp_and_grad(name, variables, x, y, v, b)
             fns[f"torch_hvp@{b}"], fns[f"torch_grad@{b}"] = thvp, tgrad
             checks[f"torch_vs_jax@{b}"] = common.rel_diff(as_params(thvp()), hv)
     for fn in fns.values():

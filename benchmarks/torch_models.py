@@ -278,3 +278,42 @@ class TrainLoop:
                 "var": to_numpy(bn.running_var).copy(),
             }
         return out
+
+
+def dataset_hvp_and_grad(name: str, variables: dict, x, y, v, batch_size: int):
+    """PyTorch double backward over a data set, as PyHessian computes it: ``(hvp, grad,
+    as_params)`` where ``hvp()`` and ``grad()`` return the mean-loss HVP with the flax tree ``v``
+    and the gradient, both summed over chunks of ``batch_size`` rows of ``(x, y)`` with weights
+    ``n_b / N``, as lists of tensors; ``as_params`` turns such a list back into a flax tree."""
+    import torch.nn.functional as F
+
+    model = from_flax(name, variables)
+    params = [p for _, p in model.named_parameters()]
+    names = [n for n, _ in model.named_parameters()]
+    v_np = params_to_torch(name, v)
+    vt = [tensor(v_np[n]) for n in names]
+    n = len(y)
+    chunks = [
+        (to_nchw(x[s : s + batch_size]), labels(y[s : s + batch_size]))
+        for s in range(0, n, batch_size)
+    ]
+
+    def hvp():
+        total = [torch.zeros_like(p) for p in params]
+        for xt, yt in chunks:
+            g = torch.autograd.grad(F.cross_entropy(model(xt), yt), params, create_graph=True)
+            hv = torch.autograd.grad(g, params, grad_outputs=vt)
+            total = [t + h * (len(yt) / n) for t, h in zip(total, hv, strict=True)]
+        return total
+
+    def grad():
+        total = [torch.zeros_like(p) for p in params]
+        for xt, yt in chunks:
+            g = torch.autograd.grad(F.cross_entropy(model(xt), yt), params)
+            total = [t + h * (len(yt) / n) for t, h in zip(total, g, strict=True)]
+        return total
+
+    def as_params(ts):
+        return torch_to_params(name, dict(zip(names, ts, strict=True)))
+
+    return hvp, grad, as_params
