@@ -152,8 +152,10 @@ def summarize(name: str, res: dict[str, Any]) -> list[tuple[str, Any]]:
         for model, variants in _get(res, "models", default={}).items():
             m = model.upper()
             f32 = _get(variants, "jax@float32", "hvp_ms")
-            for key in ("jax@default", "jax@tensorfloat32"):
-                r = variants.get(key, {})
+            for key in ("jax@default", "jax@tensorfloat32", "hessjax"):
+                r = variants.get(key)
+                if not r:
+                    continue
                 rows += [
                     (f"{m} {key}: HVP rel. error vs float32", r.get("hvp_rel_error")),
                     (f"{m} {key}: λ_max rel. error vs float32", r.get("lambda_max_rel_error")),

@@ -6,11 +6,14 @@ cuDNN convolutions in TF32 by default. The Hessian is a second derivative, so th
 of accuracy as much as of speed. For M1 (MNIST) and C1 (CIFAR-10) on ``--num-images`` real
 training images, initial weights (seed ``--seed``), float32 data:
 
-* ``jax@<p>``: the default ``hessjax.hessian_operator(..., batch_size=--batch-size)`` built and
-  called under ``jax.default_matmul_precision(p)`` for p in ``default`` (JAX's own default),
-  ``tensorfloat32`` and ``float32``; its data-set HVP time (median of ``--repeats``), its relative
-  error ``‖Hv − Hv_f32‖ / ‖Hv_f32‖`` against the ``float32`` HVP, and the relative error of the
-  top eigenvalue (``hessjax.eigenvalues(k=1, tol=--tol)``) against the ``float32`` one;
+* ``jax@<p>``: the default ``hessjax.hessian_operator(..., batch_size=--batch-size)`` of
+  ``make_loss_fn(..., precision=None)``, built and called under ``jax.default_matmul_precision(p)``
+  for p in ``default`` (JAX's own default), ``tensorfloat32`` and ``float32``; its data-set HVP
+  time (median of ``--repeats``), its relative error ``‖Hv − Hv_f32‖ / ‖Hv_f32‖`` against the
+  ``float32`` HVP, and the relative error of the top eigenvalue (``hessjax.eigenvalues(k=1,
+  tol=--tol)``) against the ``float32`` one;
+* ``hessjax``: the same with ``make_loss_fn``'s default (``precision="float32"``, inside the loss
+  only: hessjax/precision.py) and no context, as a user calls it;
 * ``torch@<tf32|f32>``: PyTorch double backward over the same chunks with
   ``torch.backends.cuda.matmul.allow_tf32`` and ``torch.backends.cudnn.allow_tf32`` both on or both
   off (PyTorch's own default is matmul off, cuDNN on: ``torch@default``); time and relative error
@@ -50,14 +53,14 @@ def parse_args(argv=None):
 
 
 def jax_variant(loss_fn, params, data, batch_size, precision, v, tol, key):
-    """(hvp callable, Hv, λ_max) with everything traced under ``precision``."""
-    with jax.default_matmul_precision(precision):
+    """(hvp callable, Hv, λ_max) with everything traced under ``precision`` (None: no context)."""
+    with hessjax.precision.scope(precision):
         op = hessjax.hessian_operator(loss_fn, params, data, batch_size=batch_size)
         hv = common.block(op(v))
         lam = float(hessjax.eigenvalues(op, params, k=1, tol=tol, key=key).values[0])
 
     def call():
-        with jax.default_matmul_precision(precision):
+        with hessjax.precision.scope(precision):
             return op(v)
 
     return call, hv, lam
@@ -90,7 +93,7 @@ def bench_model(name, args):
     x, y = hessjax.data.load(
         common.DATASETS[name], "train", data_dir=args.data_dir, limit=args.num_images
     )
-    loss_fn = hessjax.make_loss_fn(model.apply, variables)
+    loss_fn = hessjax.make_loss_fn(model.apply, variables, precision=None)
     params = variables["params"]
     v = common.tree_random_normal(jax.random.key(args.seed + 1), params)
     key = jax.random.key(args.seed + 2)
@@ -100,14 +103,24 @@ def bench_model(name, args):
             loss_fn, params, (x, y), args.batch_size, p, v, args.tol, key
         )
         common.log(f"{name}: jax@{label} λ_max {lams[label]:.6g}")
+    fns["hessjax"], hvs["hessjax"], lams["hessjax"] = jax_variant(
+        hessjax.make_loss_fn(model.apply, variables),
+        params,
+        (x, y),
+        args.batch_size,
+        None,
+        v,
+        args.tol,
+        key,
+    )
     ref_hv, ref_lam = hvs["float32"], lams["float32"]
     rows = {
-        f"jax@{label}": {
+        ("hessjax" if label == "hessjax" else f"jax@{label}"): {
             "hvp_rel_error": common.rel_diff(hvs[label], ref_hv),
             "lambda_max": lams[label],
             "lambda_max_rel_error": abs(lams[label] - ref_lam) / abs(ref_lam),
         }
-        for label in JAX_PRECISIONS
+        for label in [*JAX_PRECISIONS, "hessjax"]
     }
     if not args.no_torch:
         from benchmarks import torch_models  # imports torch

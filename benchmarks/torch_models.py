@@ -209,14 +209,22 @@ def to_nchw(x: np.ndarray) -> torch.Tensor:
 
 
 def check_twin(name: str, apply_fn, variables: dict, model: nn.Module, x, y) -> dict[str, float]:
-    """Max |logit difference| and |loss difference| between the Flax model and its twin."""
+    """Max |logit difference| and |loss difference| between the Flax model and its twin, both
+    computed in full float32 (on GPUs both frameworks default to TF32 somewhere, whose ~1e-3
+    rounding would hide a wrong weight copy: benchmarks/matmul_precision.py)."""
     import jax
 
     from hessjax import cross_entropy
 
-    logits_jax = np.asarray(jax.jit(apply_fn)(variables, x))
-    with torch.no_grad():
-        logits_torch = to_numpy(model(to_nchw(x)))
+    with jax.default_matmul_precision("float32"):
+        logits_jax = np.asarray(jax.jit(apply_fn)(variables, x))
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.no_grad():
+            logits_torch = to_numpy(model(to_nchw(x)))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     loss_jax = float(cross_entropy(logits_jax, np.asarray(y)))
     loss_torch = float(
         nn.functional.cross_entropy(

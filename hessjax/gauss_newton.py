@@ -39,6 +39,7 @@ import optax
 from jax.sharding import Mesh
 
 from hessjax import batching, blocks, loops, tree
+from hessjax import precision as precision_
 from hessjax._internal import ApplyFn, Partial, check_positive_int, replicated
 from hessjax.hessian import _check_data, _constrain_batch
 from hessjax.losses import cross_entropy, split_variables
@@ -156,6 +157,7 @@ def gauss_newton_operator(
     kind: str = "ggn",
     mesh: Mesh | None = None,
     select: blocks.Selector | None = None,
+    precision: str | None = precision_.CURVATURE_PRECISION,
 ) -> GaussNewtonOperator:
     """The GGN / true Fisher / empirical Fisher of mean softmax cross-entropy, as ``v -> C v``.
 
@@ -172,6 +174,8 @@ def gauss_newton_operator(
       select: optional parameter selector (a module name or path prefix, a ``re.Pattern``, a
         ``(path, leaf) -> bool`` or a list of these; hessjax/blocks.py): the operator is then
         the block ``C_SS`` over ``blocks.restrict(params, select)``, the others fixed.
+      precision: ``jax.default_matmul_precision`` the model is traced under (default "float32",
+        not TF32 on GPUs; None: the caller's; hessjax/precision.py).
 
     Returns:
       A :class:`GaussNewtonOperator` over ``variables["params"]`` (with ``select``: over the
@@ -186,7 +190,9 @@ def gauss_newton_operator(
     batching.check_mesh_divides(batch_size, mesh)
     batch_size = batching.fast_batch_size(batch_size, mesh, n)  # a memory bound (as the Hessian's)
     params, state = split_variables(variables)
-    model = Partial(_model_for(apply_fn), jax.tree_util.tree_map(jnp.asarray, state))
+    model = Partial(
+        _model_for(precision_.at(apply_fn, precision)), jax.tree_util.tree_map(jnp.asarray, state)
+    )
     if select is not None:
         model = Partial(_block_model, model, params)
         params = blocks.restrict(params, select)

@@ -21,6 +21,7 @@ import optax
 from jax.sharding import Mesh
 
 from hessjax import batching, loops
+from hessjax import precision as precision_
 from hessjax._internal import ApplyFn
 
 METHODS = ("exact", "power")
@@ -91,17 +92,26 @@ def _spectrum_of(apply_fn, variables, x):
 
 
 def input_hessian_spectrum(
-    apply_fn: ApplyFn, variables: Any, x, y, *, batch_size: int = 500, mesh: Mesh | None = None
+    apply_fn: ApplyFn,
+    variables: Any,
+    x,
+    y,
+    *,
+    batch_size: int = 500,
+    mesh: Mesh | None = None,
+    precision: str | None = precision_.CURVATURE_PRECISION,
 ):
     """(N, c) eigenvalues of ``∇²ₓJ`` restricted to its range (descending; the rest are 0).
 
     Exact for piecewise-linear nets (ReLU, max-pool, BN in inference mode); does not depend on
-    ``y`` (the label only enters ``∇ₓJ``), kept for a uniform signature.
+    ``y`` (the label only enters ``∇ₓJ``), kept for a uniform signature. ``precision``: the
+    ``jax.default_matmul_precision`` of the model (default "float32"; hessjax/precision.py).
     """
     del y
-    return loops.map_samples(
-        _spectrum_of, apply_fn, variables, (x,), batch_size=batch_size, mesh=mesh
-    )
+    with precision_.scope(precision):
+        return loops.map_samples(
+            _spectrum_of, apply_fn, variables, (x,), batch_size=batch_size, mesh=mesh
+        )
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -192,6 +202,7 @@ def input_hessian_eigenvalues(
     max_iters: int = 200,
     key: jax.Array | None = None,
     mesh: Mesh | None = None,
+    precision: str | None = precision_.CURVATURE_PRECISION,
 ) -> jax.Array:
     """(N,) dominant eigenvalue ``λ_max(∇²ₓJ(xᵢ, yᵢ))`` per sample.
 
@@ -199,11 +210,13 @@ def input_hessian_eigenvalues(
     exact for piecewise-linear nets). ``method="power"``: power iteration on input HVPs, stopping
     at relative change ``≤ tol`` or ``max_iters`` HVPs; ``key`` (required) draws the start
     vectors. The input Hessian is PSD (Theorem 1), so power iteration's dominant-magnitude
-    eigenvalue is the largest one. ``mesh``: chunks split over its devices.
+    eigenvalue is the largest one. ``mesh``: chunks split over its devices. ``precision``: the
+    ``jax.default_matmul_precision`` of the model (default "float32", not TF32 on GPUs; None: the
+    caller's; hessjax/precision.py).
     """
     if method == "exact":
         spectrum = input_hessian_spectrum(
-            apply_fn, variables, x, y, batch_size=batch_size, mesh=mesh
+            apply_fn, variables, x, y, batch_size=batch_size, mesh=mesh, precision=precision
         )
         return spectrum[:, 0]
     if method == "power":
@@ -211,15 +224,16 @@ def input_hessian_eigenvalues(
             raise ValueError(
                 "method='power' draws random start vectors: pass key=jax.random.key(0) (any key)"
             )
-        return _power_top_eigenvalue(
-            apply_fn,
-            variables,
-            x,
-            y,
-            key,
-            tol,
-            batch_size=batch_size,
-            max_iters=max_iters,
-            mesh=mesh,
-        )
+        with precision_.scope(precision):
+            return _power_top_eigenvalue(
+                apply_fn,
+                variables,
+                x,
+                y,
+                key,
+                tol,
+                batch_size=batch_size,
+                max_iters=max_iters,
+                mesh=mesh,
+            )
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")

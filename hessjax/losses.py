@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from hessjax import precision as precision_
 from hessjax._internal import ApplyFn
 
 
@@ -44,12 +45,20 @@ def _loss_for(apply_fn: ApplyFn) -> Callable:
     return functools.partial(_cross_entropy_of, apply_fn)
 
 
-def make_loss_fn(apply_fn: ApplyFn, variables: Mapping[str, Any]) -> jax.tree_util.Partial:
+def make_loss_fn(
+    apply_fn: ApplyFn,
+    variables: Mapping[str, Any],
+    *,
+    precision: str | None = precision_.CURVATURE_PRECISION,
+) -> jax.tree_util.Partial:
     """``loss_fn(params, (x, y)) = mean_i CE(apply_fn({"params": params, **state}, x)_i, y_i)``.
 
     ``apply_fn(variables, x) -> logits`` runs BatchNorm in inference mode (``model.apply``), so the
     Hessian of this loss w.r.t. ``params`` is the one the paper uses (docs/paper.md, "Hessian
     computations"): all trainable parameters, BN scale/offset included, running statistics fixed.
+    The model is traced under ``jax.default_matmul_precision(precision)`` (default "float32", not
+    TF32 on GPUs; None: the caller's setting; hessjax/precision.py), and so are its derivatives.
     """
     _, state = split_variables(variables)
-    return jax.tree_util.Partial(_loss_for(apply_fn), jax.tree_util.tree_map(jnp.asarray, state))
+    loss = _loss_for(precision_.at(apply_fn, precision))
+    return jax.tree_util.Partial(loss, jax.tree_util.tree_map(jnp.asarray, state))
