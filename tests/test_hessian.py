@@ -70,6 +70,21 @@ def test_operator_is_hessian_of_dataset_mean(case, batch_size):
     )
 
 
+@pytest.mark.parametrize("batch_size", [23, 5, 4])  # 1 or 4 batches written out; 5 scanned
+def test_one_program_walk_written_out_or_scanned_is_the_hessian(batch_size, monkeypatch):
+    monkeypatch.setenv("HESSJAX_HOST_LOOPS", "0")  # the GPU/TPU path: one XLA program
+    n = 23
+    loss_fn, params, data = _setup("mlp_tanh", seed=batch_size, n=n)
+    op = hessjax.hessian_operator(loss_fn, params, data, batch_size=batch_size, linearize=False)
+    v = _random_like(params, 3)
+    program = str(jax.make_jaxpr(op)(v))
+    assert ("scan[" in program) == (n // batch_size > batching.MAX_UNROLLED_BATCHES)
+    dense = np.asarray(dense_hessian(loss_fn, params, data))
+    np.testing.assert_allclose(
+        ravel_pytree(op(v))[0], dense @ ravel_pytree(v)[0], rtol=1e-9, atol=1e-11
+    )
+
+
 @pytest.mark.parametrize("case, batch_size", [("mlp_tanh", 5), ("cnn_bn", 23), ("resnet", 8)])
 def test_linearized_operator_is_the_same_hessian(case, batch_size, loop_mode):
     n = 23
