@@ -13,7 +13,8 @@ float32, BatchNorm in inference mode, at every ``--batch-sizes`` value ``B``:
 * ``plain_at_B``: the operator before "fast by default": batches of exactly ``B``, no cached
   linearisation (``linearize=False`` and the CPU cap lifted while it is built);
 * ``jax_grad``: the gradient over the set at the default operator's batches
-  (``batching.batch_mean`` of ``jax.grad``), the unit of the default operator's cost;
+  (``batching.batch_mean`` of ``jax.grad``, walked as the operator walks its batches: host loops
+  on CPU, one program on GPU/TPU), the unit of the default operator's cost;
   ``jax_grad_auto_conv`` the same with ``conv_implementation="auto"``;
 * ``torch_hvp``: PyTorch double backward summed over chunks of ``B`` (weights ``n_b / N``);
   ``torch_grad`` likewise.
@@ -34,7 +35,7 @@ import numpy as np
 
 import hessjax
 from benchmarks import common
-from hessjax import batching, models, tree
+from hessjax import batching, loops, models, tree
 from hessjax.evaluation import _batch_gradient
 
 TARGET_GRAD_RATIO = 1.7
@@ -74,7 +75,7 @@ def gradient_over(loss_fn, params, data, batch_size):
         batch_size=batch_size,
         tail_size=tree.leading_dim(tail),
         init=tree.zeros_like(params),
-        host=True,
+        host=loops.host_loops(),  # as the operator walks its batches (one program on GPU/TPU)
     )
 
 
