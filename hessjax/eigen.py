@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from hessjax import lanczos, loops, tree
+from hessjax import lanczos, loops, precision, tree
 from hessjax._internal import as_partial as _as_partial
 from hessjax.lanczos import NonFiniteError
 
@@ -69,6 +69,7 @@ def _lanczos_converged(state, k, tol, num_steps):
 
 
 @functools.partial(jax.jit, static_argnames=("k",))
+@precision.exact
 def _top_ritz_pairs(state, k):
     values, vectors, _ = lanczos.ritz(state)
     top = vectors[:, ::-1][:, :k]  # (m, k) largest first
@@ -133,6 +134,7 @@ def _power_continue(carry):
     return (~s["done"]) & (s["it"] < s["max_iters"])
 
 
+@precision.exact
 def _power_update(carry, hv):
     found, s = carry
     lam = jnp.vdot(s["v"], hv)

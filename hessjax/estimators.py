@@ -48,7 +48,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from hessjax import lanczos, loops, tree
+from hessjax import lanczos, loops, precision, tree
 from hessjax._internal import as_partial, check_positive_int
 
 __all__ = [
@@ -149,6 +149,7 @@ def _probes(key, *, method, num_matvecs, n, dtype):
 
 
 @jax.jit
+@precision.exact
 def _qr(y):
     """``Y = AΩ`` rows (k, n) -> ``(Qᵀ, R)``: Qᵀ (k, n) orthonormal rows, R (k, k)."""
     q, r = jnp.linalg.qr(y.T)
@@ -156,17 +157,20 @@ def _qr(y):
 
 
 @jax.jit
+@precision.exact
 def _deflate(rows, qt):
     """``rows (I − QQᵀ)`` for ``Qᵀ`` (k, n) with orthonormal rows."""
     return rows - (rows @ qt.T) @ qt
 
 
 @functools.partial(jax.jit, static_argnames=("diag",))
+@precision.exact
 def _finish_hutchinson(probes, y, *, diag):
     return _mean_and_error(probes * y if diag else jnp.sum(probes * y, axis=1))
 
 
 @jax.jit
+@precision.exact
 def _finish_hutchpp(qt, z, g, ag):
     mean, error = _mean_and_error(jnp.sum(g * _deflate(ag, qt), axis=1))
     return jnp.sum(qt * z) + mean, error
@@ -206,6 +210,7 @@ def _xtrace(probes, y, z, q, r):
 
 
 @jax.jit
+@precision.exact
 def _finish_xnystrace(probes, y):
     """(mean, error) of the ``m`` XNysTrace samples ``tᵢ`` (module docstring); ``probes``/``y``
     (m, n) rows ``ωᵢ`` / ``Aωᵢ``."""
@@ -239,6 +244,7 @@ def _xdiag(probes, y, z, q, r):
 
 
 @functools.partial(jax.jit, static_argnames=("diag",))
+@precision.exact
 def _finish_exchangeable(probes, y, qt, r, z, *, diag):
     return _mean_and_error((_xdiag if diag else _xtrace)(probes, y, z.T, qt.T, r))
 

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hessjax import loops
+from hessjax import loops, precision
 
 MatVec = Callable[[jax.Array], jax.Array]
 
@@ -175,6 +175,7 @@ def init(v0: jax.Array, num_steps: int) -> LanczosState:
     return LanczosState(basis, zeros(), zeros(), jnp.zeros((), jnp.int32))
 
 
+@precision.exact
 def _orthogonalize(basis: jax.Array, w: jax.Array, passes: int = 2) -> jax.Array:
     """``w`` minus its projection on the rows of ``basis`` (classical Gram-Schmidt, ``passes``
     times; each pass reads the whole basis twice)."""
@@ -186,6 +187,7 @@ def _orthogonalize(basis: jax.Array, w: jax.Array, passes: int = 2) -> jax.Array
 ROW_BLOCK = 8  # basis rows per Gram-Schmidt block in :func:`_orthogonalize_rows`
 
 
+@precision.exact
 def _orthogonalize_rows(basis: jax.Array, w: jax.Array, num_rows: jax.Array) -> jax.Array:
     """``w`` minus its projection on rows ``0 .. num_rows − 1`` of ``basis``, block by block
     (block Gram-Schmidt, ``ROW_BLOCK`` rows at a time: ``w ← w − B_bᵀ(B_b w)``).
@@ -210,6 +212,7 @@ def current(state: LanczosState) -> jax.Array:
     return state.basis[state.step]
 
 
+@precision.exact
 def absorb(state: LanczosState, w: jax.Array, key: jax.Array) -> LanczosState:
     """Complete step j given ``w = A q_j``: ``α_j = q_jᵀ w``, ``β_j q_{j+1} = (I − QQᵀ) w``."""
     j = state.step

@@ -15,6 +15,12 @@ So the curvature entry points trace the model under :data:`CURVATURE_PRECISION` 
 Attacks and training keep the caller's precision. The precision is fixed when a function is
 traced (``lax.dot_general`` records it), so derivatives of the model inherit it and an outer
 ``jax.jit`` cannot undo it.
+
+The solvers' own products (Lanczos's Gram-Schmidt and Ritz vectors, power iteration's and the
+trace estimators' dot products, sketches and projections) are traced at the same precision
+(:func:`exact`): on TPUs JAX's default float32 product is one bfloat16 pass, which would undo the
+orthogonality Lanczos relies on. They never trace the matvec, so ``precision=None`` on the model
+still means the caller's setting.
 """
 
 from __future__ import annotations
@@ -49,3 +55,15 @@ def at(fn: Callable, precision: str | None) -> Callable:
     if precision is None:
         return fn
     return functools.partial(_call_at, fn, precision)
+
+
+def exact(fn: Callable) -> Callable:
+    """Decorator: ``fn``'s products traced at :data:`CURVATURE_PRECISION` (for solver linear
+    algebra that never calls the model; put it below ``jax.jit``)."""
+
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        with scope(CURVATURE_PRECISION):
+            return fn(*args, **kwargs)
+
+    return wrapped

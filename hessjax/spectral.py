@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from hessjax import lanczos, loops, tree
+from hessjax import lanczos, loops, precision, tree
 from hessjax._internal import as_partial as _as_partial
 from hessjax.lanczos import NonFiniteError
 
@@ -43,6 +43,7 @@ def _trace_samples_impl(matvec, params, key, *, num_samples, host):
     flat = tree.flat_spec(params)
     probe = lambda i: jax.random.rademacher(jax.random.fold_in(key, i), flat.shape, flat.dtype)
 
+    @precision.exact
     def update(carry, az):
         i, samples = carry
         return i + 1, samples.at[i].set(jnp.vdot(probe(i), az))

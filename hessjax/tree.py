@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from hessjax import precision
+
 
 def zeros_like(t: Any) -> Any:
     return jax.tree_util.tree_map(jnp.zeros_like, t)
@@ -24,6 +26,7 @@ def scale(t: Any, s) -> Any:
     return jax.tree_util.tree_map(lambda x: (x * s).astype(x.dtype), t)
 
 
+@precision.exact
 def vdot(a: Any, b: Any) -> jax.Array:
     """Σ over leaves of ⟨a, b⟩ (real)."""
     return sum(

@@ -138,3 +138,27 @@ def test_values_on_cpu_do_not_depend_on_the_setting(c1):
         for p in ("float32", None)
     }
     np.testing.assert_allclose(lam["float32"], lam[None], rtol=1e-5)
+
+
+def test_solver_linear_algebra_is_traced_in_float32():
+    """Gram-Schmidt, Ritz vectors, power and estimator products: on TPUs JAX's default float32
+    product is one bfloat16 pass, which would undo Lanczos's orthogonality."""
+    from hessjax import eigen, estimators, lanczos, tree
+
+    n = 6
+    w = jnp.arange(1.0, n + 1)
+    state = lanczos.init(w / jnp.linalg.norm(w), 4)
+    found = jnp.eye(2, n)
+    power = dict(v=w, rq_v=w, hv=w, lam=jnp.ones(()), it=jnp.ones((), jnp.int32))
+    power.update(done=jnp.zeros((), bool), tol=jnp.ones(()), max_iters=jnp.ones((), jnp.int32))
+    programs = {
+        "lanczos.absorb": jax.make_jaxpr(lanczos.absorb)(state, w, jax.random.key(0)),
+        "ritz pairs": jax.make_jaxpr(lambda s: eigen._top_ritz_pairs(s, 2))(state),
+        "power update": jax.make_jaxpr(eigen._power_update)((found, power), w),
+        "tree.vdot": jax.make_jaxpr(tree.vdot)({"a": w}, {"a": w}),
+        "estimators._deflate": jax.make_jaxpr(estimators._deflate)(found, found),
+    }
+    for name, program in programs.items():
+        found_precisions = _matmul_precisions(program)
+        assert found_precisions, name
+        assert set(found_precisions) == {_float32_precision()}, name
