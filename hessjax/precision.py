@@ -4,9 +4,10 @@ On NVIDIA GPUs since Ampere (A100, H100, H200), JAX computes float32 matmuls and
 TensorFloat-32 inputs (10 mantissa bits, relative rounding ~5e-4) unless told otherwise; TPUs use
 bfloat16 passes. That is fine for training but not for a second derivative: on an H200, M1's and
 C1's data-set HVPs at JAX's default precision were 0.6 % and 1.7 % off their float32 values, and
-λ_max 1.5e-4 and 5.1e-4 off, more than the Lanczos default tolerance of 1e-4
-(benchmarks/matmul_precision.py; docs/benchmarks.md, "On an NVIDIA H200"). Full float32 cost
-2–17 % more time per HVP there. On CPUs every setting is float32 and nothing changes.
+λ_max 1.2–5.1e-4 off, more than the Lanczos default tolerance of 1e-4
+(benchmarks/matmul_precision.py; docs/benchmarks.md, "On an NVIDIA H200"). This module's default
+took 1.01× (M1) and 1.09× (C1) the time per HVP there. On CPUs every setting is float32 and
+nothing changes.
 
 So the curvature entry points trace the model under :data:`CURVATURE_PRECISION` ("float32"):
 :func:`hessjax.make_loss_fn` (every weight-Hessian tool takes its loss),
