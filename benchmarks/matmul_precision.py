@@ -36,8 +36,8 @@ from hessjax import models
 
 #: ``jax.default_matmul_precision`` settings; the last is the reference.
 JAX_PRECISIONS = {"default": None, "tensorfloat32": "tensorfloat32", "float32": "float32"}
-#: PyTorch settings: (matmul.allow_tf32, cudnn.allow_tf32).
-TORCH_PRECISIONS = {"default": None, "tf32": (True, True), "f32": (False, False)}
+#: PyTorch settings: ``torch_models.tf32(enabled)`` (None: PyTorch's defaults).
+TORCH_PRECISIONS = {"default": None, "tf32": True, "f32": False}
 
 
 def parse_args(argv=None):
@@ -64,27 +64,6 @@ def jax_variant(loss_fn, params, data, batch_size, precision, v, tol, key):
             return op(v)
 
     return call, hv, lam
-
-
-def torch_setting(setting):
-    """A context that sets PyTorch's two TF32 switches (None: leave PyTorch's defaults)."""
-    import contextlib
-
-    import torch
-
-    @contextlib.contextmanager
-    def ctx():
-        if setting is None:
-            yield
-            return
-        old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = setting
-        try:
-            yield
-        finally:
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-
-    return ctx
 
 
 def bench_model(name, args):
@@ -128,11 +107,10 @@ def bench_model(name, args):
         thvp, _, as_params = torch_models.dataset_hvp_and_grad(
             name, variables, x, y, v, args.batch_size
         )
-        for label, setting in TORCH_PRECISIONS.items():
-            ctx = torch_setting(setting)
+        for label, enabled in TORCH_PRECISIONS.items():
 
-            def call(ctx=ctx):
-                with ctx():
+            def call(enabled=enabled):
+                with torch_models.tf32(enabled):
                     out = thvp()
                 torch_models.synchronize()
                 return out

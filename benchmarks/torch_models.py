@@ -15,6 +15,7 @@ waits for it, so wall-clock timings of CUDA work are complete.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -208,6 +209,25 @@ def to_nchw(x: np.ndarray) -> torch.Tensor:
     return tensor(np.asarray(x, np.float32).transpose(0, 3, 1, 2))
 
 
+@contextlib.contextmanager
+def tf32(enabled: bool | None):
+    """PyTorch's two TF32 switches (``backends.cuda.matmul`` and ``backends.cudnn``) both set to
+    ``enabled`` inside the block, restored after (None: PyTorch's defaults, matmul off and cuDNN
+    on, left as they are)."""
+    if enabled is None:
+        yield
+        return
+    switches = (torch.backends.cuda.matmul, torch.backends.cudnn)
+    old = [s.allow_tf32 for s in switches]
+    for s in switches:
+        s.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        for s, value in zip(switches, old, strict=True):
+            s.allow_tf32 = value
+
+
 def check_twin(name: str, apply_fn, variables: dict, model: nn.Module, x, y) -> dict[str, float]:
     """Max |logit difference| and |loss difference| between the Flax model and its twin, both
     computed in full float32 (on GPUs both frameworks default to TF32 somewhere, whose ~1e-3
@@ -218,13 +238,8 @@ def check_twin(name: str, apply_fn, variables: dict, model: nn.Module, x, y) -> 
 
     with jax.default_matmul_precision("float32"):
         logits_jax = np.asarray(jax.jit(apply_fn)(variables, x))
-    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        with torch.no_grad():
-            logits_torch = to_numpy(model(to_nchw(x)))
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    with tf32(False), torch.no_grad():
+        logits_torch = to_numpy(model(to_nchw(x)))
     loss_jax = float(cross_entropy(logits_jax, np.asarray(y)))
     loss_torch = float(
         nn.functional.cross_entropy(

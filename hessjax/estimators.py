@@ -149,7 +149,6 @@ def _probes(key, *, method, num_matvecs, n, dtype):
 
 
 @jax.jit
-@precision.exact
 def _qr(y):
     """``Y = AΩ`` rows (k, n) -> ``(Qᵀ, R)``: Qᵀ (k, n) orthonormal rows, R (k, k)."""
     q, r = jnp.linalg.qr(y.T)
@@ -164,13 +163,11 @@ def _deflate(rows, qt):
 
 
 @functools.partial(jax.jit, static_argnames=("diag",))
-@precision.exact
 def _finish_hutchinson(probes, y, *, diag):
     return _mean_and_error(probes * y if diag else jnp.sum(probes * y, axis=1))
 
 
 @jax.jit
-@precision.exact
 def _finish_hutchpp(qt, z, g, ag):
     mean, error = _mean_and_error(jnp.sum(g * _deflate(ag, qt), axis=1))
     return jnp.sum(qt * z) + mean, error

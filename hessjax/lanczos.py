@@ -187,7 +187,6 @@ def _orthogonalize(basis: jax.Array, w: jax.Array, passes: int = 2) -> jax.Array
 ROW_BLOCK = 8  # basis rows per Gram-Schmidt block in :func:`_orthogonalize_rows`
 
 
-@precision.exact
 def _orthogonalize_rows(basis: jax.Array, w: jax.Array, num_rows: jax.Array) -> jax.Array:
     """``w`` minus its projection on rows ``0 .. num_rows − 1`` of ``basis``, block by block
     (block Gram-Schmidt, ``ROW_BLOCK`` rows at a time: ``w ← w − B_bᵀ(B_b w)``).

@@ -61,10 +61,4 @@ def at(fn: Callable, precision: str | None) -> Callable:
 def exact(fn: Callable) -> Callable:
     """Decorator: ``fn``'s products traced at :data:`CURVATURE_PRECISION` (for solver linear
     algebra that never calls the model; put it below ``jax.jit``)."""
-
-    @functools.wraps(fn)
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        with scope(CURVATURE_PRECISION):
-            return fn(*args, **kwargs)
-
-    return wrapped
+    return functools.wraps(fn)(functools.partial(_call_at, fn, CURVATURE_PRECISION))
