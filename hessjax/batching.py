@@ -191,14 +191,13 @@ def _all_batches(term, args, full, tail, init, *, batch_size, tail_size):
     :data:`MAX_UNROLLED_BATCHES`, else a ``lax.scan``), then the tail."""
     num_full = tree.leading_dim(full)
     n = num_full * batch_size + tail_size
+    add_batch = lambda acc, item: tree.add(acc, _weighted(term, args, item, batch_size, n))
     if num_full <= MAX_UNROLLED_BATCHES:
         total = init
         for index in range(num_full):
-            item = jax.tree_util.tree_map(lambda a, i=index: a[i], full)
-            total = tree.add(total, _weighted(term, args, item, batch_size, n))
+            total = add_batch(total, jax.tree_util.tree_map(lambda a, i=index: a[i], full))
     else:
-        body = lambda acc, item: (tree.add(acc, _weighted(term, args, item, batch_size, n)), None)
-        total, _ = jax.lax.scan(body, init, full)
+        total, _ = jax.lax.scan(lambda acc, item: (add_batch(acc, item), None), init, full)
     if tail_size:
         total = tree.add(total, _weighted(term, args, tail, tail_size, n))
     return total
