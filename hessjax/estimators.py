@@ -48,7 +48,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from hessjax import lanczos, loops, precision, tree
+from hessjax import lanczos, linalg, loops, precision, tree
 from hessjax._internal import as_partial, check_positive_int
 
 __all__ = [
@@ -151,7 +151,7 @@ def _probes(key, *, method, num_matvecs, n, dtype):
 @jax.jit
 def _qr(y):
     """``Y = AΩ`` rows (k, n) -> ``(Qᵀ, R)``: Qᵀ (k, n) orthonormal rows, R (k, k)."""
-    q, r = jnp.linalg.qr(y.T)
+    q, r = linalg.qr(y.T)
     return q.T, r
 
 
@@ -176,7 +176,7 @@ def _finish_hutchpp(qt, z, g, ag):
 def _inverse_transpose(r):
     """``R⁻ᵀ`` of an upper-triangular ``R`` (k, k); its ``i``-th column is orthogonal to every
     column of ``R`` but the ``i``-th (the leave-one-out direction of a QR factorisation)."""
-    return jax.scipy.linalg.solve_triangular(r, jnp.eye(r.shape[0], dtype=r.dtype), lower=False).T
+    return linalg.solve_upper_triangular(r, jnp.eye(r.shape[0], dtype=r.dtype)).T
 
 
 def _exchangeable(probes, y, z, q, r):
@@ -213,7 +213,7 @@ def _finish_xnystrace(probes, y):
     (m, n) rows ``ωᵢ`` / ``Aωᵢ``."""
     m, n = probes.shape
     h = probes @ y.T
-    vals, vecs = jnp.linalg.eigh((h + h.T) / 2)
+    vals, vecs = linalg.eigh((h + h.T) / 2)
     keep = vals > m * jnp.finfo(vals.dtype).eps * vals[-1]
     root = jnp.where(keep, vecs / jnp.sqrt(jnp.where(keep, vals, 1)), 0)  # L: LLᵀ = H⁺
     f = y.T @ root  # Â = FFᵀ
@@ -226,7 +226,7 @@ def _finish_xnystrace(probes, y):
     low_rank = jnp.sum(f**2) - jnp.sum(z**2, axis=0)
     residual = jnp.sum(z * probes.T, axis=0) ** 2
     # ‖(I − P₍ᵢ₎)ωᵢ‖² = 1/‖T⁻ᵀeᵢ‖² for Ω = QT (the projection leaves cᵢQsᵢ, cᵢ = sᵢᵀtᵢ)
-    projected = 1 / jnp.sum(_inverse_transpose(jnp.linalg.qr(probes.T, mode="r")) ** 2, axis=0)
+    projected = 1 / jnp.sum(_inverse_transpose(linalg.qr_r(probes.T)) ** 2, axis=0)
     return _mean_and_error(low_rank + (n - m + 1) / projected * residual)
 
 

@@ -4,9 +4,9 @@
 (piecewise linear, BatchNorm in inference mode) ``∂²z/∂x² = 0`` almost everywhere, so
 ``∇²ₓJ = J_zᵀ (diag p − p pᵀ) J_z`` with ``J_z = ∂z/∂x`` (c × d) and ``p = softmax(z)``: PSD with
 rank ≤ c − 1 (docs/paper.md, "Claims", claim 4: Theorem 1 and Proposition 2). Its nonzero
-eigenvalues are those of the c × c matrix ``S^½ J_z J_zᵀ S^½``, ``S = diag p − p pᵀ`` — the
-``"exact"`` method. The ``"power"`` method runs power iteration on exact input HVPs
-``jvp(∇ₓJ)`` and needs no piecewise linearity.
+eigenvalues are those of the c × c matrix ``B Bᵀ``, ``B = (I − q qᵀ) diag(q) J_z`` with
+``q = √p`` (:func:`_reduced_input_hessian`) — the ``"exact"`` method. The ``"power"`` method
+runs power iteration on exact input HVPs ``jvp(∇ₓJ)`` and needs no piecewise linearity.
 All functions are per sample with ``jax.vmap``, processed in chunks of ``batch_size`` samples.
 """
 
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from hessjax import batching, loops
+from hessjax import batching, linalg, loops
 from hessjax import precision as precision_
 from hessjax._internal import ApplyFn
 
@@ -79,16 +79,20 @@ def _logit_jacobian_and_probs(apply_fn, variables, x):
 
 
 def _reduced_input_hessian(apply_fn, variables, x):
-    """The c × c matrix ``S^½ J_z J_zᵀ S^½`` whose eigenvalues are the nonzero ones of ``∇²ₓJ``."""
+    """The c × c matrix ``B Bᵀ`` whose eigenvalues are the nonzero ones of ``∇²ₓJ = Bᵀ B``.
+
+    ``∇²ₓJ = J_zᵀ S J_z`` with ``S = diag(p) − p pᵀ``. With ``q = √p`` (so ``qᵀq = 1``) and the
+    projector ``P = I − q qᵀ``, ``S = D Pᵀ P D`` for ``D = diag(q)``, hence ``B = P D J_z`` (c, d)
+    and ``B Bᵀ = P D (J_z J_zᵀ) D P``: no square root of ``S`` to factorise."""
     jac, p = _logit_jacobian_and_probs(apply_fn, variables, x)
-    s = jnp.diag(p) - jnp.outer(p, p)
-    w, u = jnp.linalg.eigh(s)
-    s_half = (u * jnp.sqrt(jnp.clip(w, 0.0))) @ u.T
-    return s_half @ (jac @ jac.T) @ s_half
+    q = jnp.sqrt(p)
+    b = q[:, None] * jac
+    b = b - jnp.outer(q, q @ b)
+    return b @ b.T
 
 
 def _spectrum_of(apply_fn, variables, x):
-    return jnp.linalg.eigvalsh(_reduced_input_hessian(apply_fn, variables, x))[::-1]
+    return linalg.eigvalsh(_reduced_input_hessian(apply_fn, variables, x))[::-1]
 
 
 def input_hessian_spectrum(

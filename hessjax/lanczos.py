@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hessjax import loops, precision
+from hessjax import linalg, loops, precision
 
 MatVec = Callable[[jax.Array], jax.Array]
 
@@ -308,6 +308,6 @@ def ritz(state: LanczosState, start=0) -> tuple[jax.Array, jax.Array, jax.Array]
     upper = jnp.max(jnp.where(active, diag + radius, -jnp.inf))
     pad = lower - (upper - lower) - 1.0
     t = jnp.diag(jnp.where(active, diag, pad)) + jnp.diag(off[:-1], 1) + jnp.diag(off[:-1], -1)
-    values, vectors = jnp.linalg.eigh(t)
+    values, vectors = linalg.eigh(t)
     vectors = jnp.where(active[:, None], vectors, 0.0)
     return values, vectors, active

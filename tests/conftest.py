@@ -4,16 +4,7 @@ import gc
 import os
 import pathlib
 
-# XLA:CPU's multi-threaded Eigen pool can wedge for good on vmapped programs: a fresh-clone run
-# of this suite (2026-12-04) hung in tests/test_estimators.py with every thread idle in
-# BlockUntilReady, the wedge reported in other projects' CI with this flag as the cure. Set before
-# JAX starts its CPU client; subprocess tests set their own XLA_FLAGS.
-if "xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
-    ).strip()
-
-import jax  # noqa: E402
+import jax
 import pytest
 
 jax.config.update("jax_enable_x64", True)
