@@ -210,12 +210,13 @@ def input_hessian_eigenvalues(
 ) -> jax.Array:
     """(N,) dominant eigenvalue ``λ_max(∇²ₓJ(xᵢ, yᵢ))`` per sample.
 
-    ``method="exact"``: top eigenvalue of ``S^½ J_z J_zᵀ S^½`` (c reverse passes per sample;
-    exact for piecewise-linear nets). ``method="power"``: power iteration on input HVPs, stopping
-    at relative change ``≤ tol`` or ``max_iters`` HVPs; ``key`` (required) draws the start
-    vectors. The input Hessian is PSD (Theorem 1), so power iteration's dominant-magnitude
-    eigenvalue is the largest one. ``mesh``: chunks split over its devices. ``precision``: the
-    ``jax.default_matmul_precision`` of the model (default "float32", not TF32 on GPUs; None: the
+    ``method="exact"``: top eigenvalue of the c × c matrix ``B Bᵀ`` of the module docstring
+    (c reverse passes per sample; exact for piecewise-linear nets). ``method="power"``: power
+    iteration on input HVPs, stopping at relative change ``≤ tol`` or ``max_iters`` HVPs;
+    ``key`` (required) draws the start vectors. The input Hessian is PSD (Theorem 1), so power
+    iteration's dominant-magnitude eigenvalue is the largest one. ``mesh``: chunks split over
+    its devices. ``precision``: the ``jax.default_matmul_precision`` of the model (default
+    "float32", not TF32 on GPUs; None: the
     caller's; hessjax/precision.py).
     """
     if method == "exact":

@@ -100,8 +100,9 @@ print(
 # ## 1. Per-sample input gradients and input-Hessian eigenvalues
 #
 # `input_gradients` and `input_hessian_eigenvalues` map over samples with `jax.vmap` (in chunks).
-# `method="exact"` takes the top eigenvalue of the c × c matrix `S^½ J_z J_zᵀ S^½`
-# (`S = diag p − p pᵀ`), which has the nonzero eigenvalues of `∇²ₓJ` for piecewise-linear nets;
+# `method="exact"` takes the top eigenvalue of the c × c matrix `B Bᵀ`,
+# `B = (I − q qᵀ) diag(q) J_z` with `q = √p`, which has the nonzero eigenvalues of
+# `∇²ₓJ = J_zᵀ (diag p − p pᵀ) J_z` for piecewise-linear nets;
 # `method="power"` runs power iteration on exact input HVPs and needs no such assumption.
 
 # %%
