@@ -5,18 +5,18 @@ thread pool, then block one pool thread until the chunks finish (``ParallelBatch
 jaxlib/cpu/lapack_kernels.cc). The pool has one thread per core, so as soon as two batched calls
 run at once (two independent factorisations in one program, or one program sharded over two CPU
 devices), every pool thread can be waiting and nothing runs the chunks: the process hangs for
-good. On the 2-core machines this project runs on it is immediate: a jitted program with one
+good. On the 2-core machines this project runs on it comes quickly: a jitted program with one
 batched ``eigh`` beside one batched ``solve_triangular`` of shape (200, 24, 24), or one batched
-``eigvalsh`` of (400, 24, 24) sharded over ``JAX_NUM_CPU_DEVICES=2``, hangs on its first or
-second call (jax/jaxlib 0.10.2; docs/design.md, "Batched LAPACK on CPU"). The test suite hung
-this way in tests/test_estimators.py, which vmaps the trace estimators over 200-400 keys.
+``eigvalsh`` of (400, 24, 24) sharded over ``JAX_NUM_CPU_DEVICES=2``, hung within 5-120 calls in
+every try (jax/jaxlib 0.10.2; docs/design.md, "Batched LAPACK on CPU"). The test suite hung this
+way in tests/test_estimators.py, which vmaps the trace estimators over 200-400 keys.
 
 Each function here is the ``jax.numpy`` / ``jax.scipy`` one, except that on the CPU backend its
-vmap rule loops over the batch (``lax.map``), so every LAPACK call sees one matrix and runs on
-the calling thread. hessjax's matrices are small (c × c input-Hessian blocks, m × m sketches,
-Lanczos tridiagonals of tens of rows), so the loop costs microseconds per matrix. On GPU/TPU
-they are the plain batched calls. They are not differentiable under vmap (custom_vmap); hessjax
-never differentiates through them.
+vmap rule loops over the batch (``jax.custom_batching.sequential_vmap``: a ``lax.map``), so
+every LAPACK call sees one matrix and runs on the calling thread. hessjax's matrices are small
+(c × c input-Hessian blocks, m × m sketches, Lanczos tridiagonals of tens of rows), so the loop
+costs microseconds per matrix. On GPU/TPU they are the plain batched calls. They are not
+differentiable in reverse mode (``custom_vmap``); hessjax never differentiates through them.
 """
 
 from __future__ import annotations
@@ -26,29 +26,19 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from jax.custom_batching import custom_vmap
+from jax.custom_batching import sequential_vmap
 
 __all__ = ["eigh", "eigvalsh", "qr", "qr_r", "solve_upper_triangular"]
 
 
 def _looped_on_cpu(fn: Callable) -> Callable:
-    """``fn`` (array arguments, pytree result) whose batched form, on CPU, maps over the batch."""
-    looped = custom_vmap(fn)
-
-    @looped.def_vmap
-    def _rule(axis_size, in_batched, *args):
-        args = [
-            a if batched else jnp.broadcast_to(a, (axis_size, *a.shape))
-            for a, batched in zip(args, in_batched, strict=True)
-        ]
-        out = jax.lax.map(lambda one: looped(*one), tuple(args))
-        return out, jax.tree_util.tree_map(lambda _: True, out)
+    """``fn`` whose batched form, on CPU, loops over the batch (``sequential_vmap``: unbatched
+    arguments are passed through, nested vmaps nest the loops)."""
+    looped = sequential_vmap(fn)
 
     @functools.wraps(fn)
     def call(*args):
-        if jax.default_backend() == "cpu":
-            return looped(*args)
-        return fn(*args)
+        return looped(*args) if jax.default_backend() == "cpu" else fn(*args)
 
     return call
 
