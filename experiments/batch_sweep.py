@@ -137,6 +137,11 @@ class BatchSweep:
         errors += checks.optimizer_errors("", config)
         if config.schedule not in ("step", "constant"):
             errors.append(f"schedule must be 'step' or 'constant', got {config.schedule!r}")
+        elif config.schedule == "constant" and list(config.lr_decay_epochs):
+            errors.append(
+                f"schedule='constant' but lr_decay_epochs={list(config.lr_decay_epochs)}; use "
+                "schedule='step' or lr_decay_epochs=[]"
+            )
         if len(config.fgsm_eps) != 2:
             errors.append(
                 f"fgsm_eps must hold two values (eps1, eps2), got {list(config.fgsm_eps)}"
@@ -226,7 +231,9 @@ class BatchSweep:
         config = ctx.config
         b, seed = run.settings["batch_size"], run.settings["seed"]
         x, y = ctx.data["train"]
-        tx = htrain.make_optimizer_for(config, len(y) // b)
+        # schedule=None: step decay at lr_decay_epochs, a constant rate when there are none
+        schedule = None if config.schedule == "step" else "constant"
+        tx = htrain.make_optimizer_for(config, len(y) // b, schedule=schedule)
         state = htrain.init_state(hmodels.init(ctx.model, jax.random.key(seed)), tx, seed)
         step = htrain.TrainStep(
             ctx.train_model.apply,

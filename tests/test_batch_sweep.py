@@ -58,6 +58,10 @@ def test_bad_configs_fail_with_one_message():
     config.dataset = "cifar10"
     with pytest.raises(runner.ConfigError, match="takes inputs"):
         runner.validate(STUDY, config)
+    config = m1.get_config("paper")
+    config.schedule = "constant"  # but the paper config decays the rate every 5 epochs
+    with pytest.raises(runner.ConfigError, match="schedule='constant' but lr_decay_epochs"):
+        runner.validate(STUDY, config)
 
 
 def test_training_and_analysis_models_differ_only_in_their_convolutions():

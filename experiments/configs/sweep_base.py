@@ -38,6 +38,8 @@ def sweep_config(
     c.num_seeds = 3
     c.lr = lr
     c.momentum = 0.9
+    # "step": lr × lr_decay_factor from each epoch in lr_decay_epochs (none listed: a constant
+    # rate, as the :cpu equal-loss sweeps use); "constant": lr throughout, no decay epochs.
     c.schedule = "step"
     c.lr_decay_epochs = list(lr_decay_epochs)
     c.lr_decay_factor = lr_decay_factor
