@@ -18,12 +18,13 @@ F64 = dict(dtype=jnp.float64, param_dtype=jnp.float64)
 class MLP(nn.Module):
     features: Sequence[int] = (6, 5, 3)
     act: Callable = nn.relu
+    float64: bool = True  # False: Flax's defaults (arithmetic in the weights' and inputs' dtype)
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         x = x.reshape(x.shape[0], -1)
         for i, f in enumerate(self.features):
-            x = nn.Dense(f, **F64)(x)
+            x = nn.Dense(f, **(F64 if self.float64 else {}))(x)
             if i < len(self.features) - 1:
                 x = self.act(x)
         return x

@@ -105,27 +105,17 @@ def test_unknown_method_is_rejected():
         hessjax.input_hessian_eigenvalues(apply_fn, variables, x, y, method="lobpcg")
 
 
-class _MLP32(nn.Module):
-    """ReLU MLP whose arithmetic follows its weights' and inputs' dtype (nets.MLP is float64)."""
-
-    @nn.compact
-    def __call__(self, x):
-        x = nn.relu(nn.Dense(8)(x.reshape(x.shape[0], -1)))
-        x = nn.relu(nn.Dense(7)(x))
-        return nn.Dense(5, name="out")(x)
-
-
 def test_exact_method_is_accurate_in_float32_on_confident_samples():
     """Samples the model is sure of (1 − p_max in [1e-6, 1e-4]): in float32 ``S = diag p − p pᵀ``
     loses ``1 − p_k`` to rounding (``p_k`` is stored with an absolute error of ~6e-8), which put
     the earlier ``S^½ J_z J_zᵀ S^½`` form 1.7e-2 off on such a trained-M1 image; the ``B Bᵀ`` form
     must match a float64 dense Hessian of the same float32 weights to float32 accuracy."""
-    model = _MLP32()
+    model = MLP((8, 7, 5), float64=False)
     x, y = random_data(4, 400, SHAPE, 5)
     x = jnp.asarray(x, jnp.float32)
     variables = model.init(jax.random.key(4), x[:1])
-    out = {k: 20.0 * v for k, v in variables["params"]["out"].items()}  # sharper logits
-    variables = {"params": {**variables["params"], "out": out}}
+    out = {k: 20.0 * v for k, v in variables["params"]["Dense_2"].items()}  # sharper logits
+    variables = {"params": {**variables["params"], "Dense_2": out}}
     f64 = lambda t: jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), t)
     p_max = np.max(jax.nn.softmax(model.apply(f64(variables), f64(x))), axis=1)
     confident = np.flatnonzero((1 - p_max > 1e-6) & (1 - p_max < 1e-4))[:8]
